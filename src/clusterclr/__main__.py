@@ -1,0 +1,3 @@
+from clusterclr.cli import main
+
+raise SystemExit(main())

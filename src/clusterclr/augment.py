@@ -1,0 +1,128 @@
+"""Views of a batch, made with kornia on the training device.
+
+Images arrive as uint8 N×C×H×W; a view is a float tensor normalised with the
+training set's per-channel mean and std. Every sample in a batch draws its
+own crop, flip, jitter, grayscale and blur parameters.
+
+Presets follow image resolution (``preset: auto``):
+
+- ``small`` (≤ 16 px, e.g. digits): gentle crops, brightness/contrast only.
+- ``cifar`` (≤ 64 px): the SimCLR/MoCo v2 CIFAR recipe, no blur (it erases
+  32 px images).
+- ``imagenet`` (> 64 px): the SimCLR/MoCo v2 ImageNet recipe with blur.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import kornia.augmentation as K
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ViewRecipe:
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_prob: float = 0.5
+    jitter_prob: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    grayscale_prob: float = 0.2
+    blur_prob: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_prob: float = 0.0
+
+
+RECIPES: dict[str, ViewRecipe] = {
+    "small": ViewRecipe(crop_scale=(0.5, 1.0), saturation=0.0, hue=0.0, grayscale_prob=0.0),
+    "cifar": ViewRecipe(crop_scale=(0.2, 1.0)),
+    "imagenet": ViewRecipe(crop_scale=(0.08, 1.0), blur_prob=0.5),
+}
+
+
+def recipe_for(preset: str, image_size: int, overrides: dict | None = None) -> ViewRecipe:
+    """The named preset (``auto`` picks one by resolution) with ``overrides`` applied."""
+    if preset == "auto":
+        preset = "small" if image_size <= 16 else "cifar" if image_size <= 64 else "imagenet"
+    if preset not in RECIPES:
+        raise ValueError(f"unknown augmentation preset {preset!r}; choose auto or one of {', '.join(RECIPES)}")
+    return replace(RECIPES[preset], **(overrides or {}))
+
+
+class ViewMaker(nn.Module):
+    """Turns a uint8 batch into augmented views, or into the clean view."""
+
+    def __init__(
+        self,
+        recipe: ViewRecipe,
+        image_size: tuple[int, int],
+        channels: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+    ) -> None:
+        super().__init__()
+        self.recipe = recipe
+        ops: list[nn.Module] = [
+            K.RandomResizedCrop(image_size, scale=recipe.crop_scale, ratio=recipe.crop_ratio),
+        ]
+        if recipe.flip_prob > 0:
+            ops.append(K.RandomHorizontalFlip(p=recipe.flip_prob))
+        colour = channels == 3
+        if recipe.jitter_prob > 0:
+            ops.append(
+                K.ColorJitter(
+                    brightness=recipe.brightness,
+                    contrast=recipe.contrast,
+                    # Saturation and hue do not exist for one-channel images.
+                    saturation=recipe.saturation if colour else 0.0,
+                    hue=recipe.hue if colour else 0.0,
+                    p=recipe.jitter_prob,
+                )
+            )
+        if colour and recipe.grayscale_prob > 0:
+            ops.append(K.RandomGrayscale(p=recipe.grayscale_prob))
+        if recipe.blur_prob > 0:
+            # SimCLR's kernel: about a tenth of the image side, odd.
+            kernel = 2 * max(1, round(0.05 * min(image_size))) + 1
+            ops.append(K.RandomGaussianBlur((kernel, kernel), sigma=recipe.blur_sigma, p=recipe.blur_prob))
+        if recipe.solarize_prob > 0:
+            ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=recipe.solarize_prob))
+        self.augment = nn.Sequential(*ops)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def _to_unit(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype != torch.uint8:
+            raise TypeError(f"views are made from uint8 images, got {images.dtype}")
+        return images.float().div_(255.0)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    @torch.no_grad()
+    def clean(self, images: torch.Tensor) -> torch.Tensor:
+        """The non-augmented view: only scaled and normalised."""
+        return self._normalise(self._to_unit(images))
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, num_views: int = 2) -> list[torch.Tensor]:
+        """``num_views`` independent augmented views of ``images``."""
+        x = self._to_unit(images)
+        return [self._normalise(self.augment(x).clamp_(0.0, 1.0)) for _ in range(num_views)]
+
+
+def channel_stats(images: torch.Tensor, max_images: int = 10_000) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of a uint8 image tensor in [0, 1] units.
+
+    An evenly spaced sample of at most ``max_images`` keeps this cheap on
+    large sets while staying deterministic.
+    """
+    step = max(1, len(images) // max_images)
+    x = images[::step].double().div_(255.0)
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(mean.tolist()), tuple(std.tolist())

@@ -1,0 +1,262 @@
+"""Typed, validated configuration.
+
+A run's configuration is built in layers, each overriding the one before:
+
+1. the defaults below (a CPU-friendly recipe: a narrow ResNet-18),
+2. the data set's own defaults (``DATASET_DEFAULTS``, e.g. no flips for digits),
+3. a YAML file (``--config``),
+4. the CLI's named flags (``--method``, ``--epochs``, ...),
+5. ``--set key.path=value`` overrides (values parsed as YAML).
+
+Unknown keys, wrong types and impossible values are rejected with a message
+naming the key. The method's own options (``method.*``) are validated by the
+method's ``Options`` model from the registry.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+
+from clusterclr.errors import UserError
+
+UnitInterval = tuple[float, float]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
+    dataset: str = "digits"
+    root: str | None = None
+    # Resize every image to this square size; None keeps the native size (folders default to 64).
+    image_size: PositiveInt | None = None
+    # Used only when the data set has no test split: the evaluation split carved from train.
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    split_seed: int = 0
+
+
+class AugmentConfig(_Section):
+    """``preset`` picks a recipe (see ``clusterclr.augment``); any field set here overrides it."""
+
+    preset: Literal["auto", "small", "cifar", "imagenet"] = "auto"
+    crop_scale: UnitInterval | None = None
+    crop_ratio: tuple[PositiveFloat, PositiveFloat] | None = None
+    flip_prob: float | None = Field(None, ge=0, le=1)
+    jitter_prob: float | None = Field(None, ge=0, le=1)
+    brightness: NonNegativeFloat | None = None
+    contrast: NonNegativeFloat | None = None
+    saturation: NonNegativeFloat | None = None
+    hue: float | None = Field(None, ge=0, le=0.5)
+    grayscale_prob: float | None = Field(None, ge=0, le=1)
+    blur_prob: float | None = Field(None, ge=0, le=1)
+    blur_sigma: tuple[PositiveFloat, PositiveFloat] | None = None
+    solarize_prob: float | None = Field(None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> AugmentConfig:
+        for key in ("crop_scale", "crop_ratio", "blur_sigma"):
+            value = getattr(self, key)
+            if value is not None and not value[0] <= value[1]:
+                raise ValueError(f"{key} must be [low, high] with low <= high, got {list(value)}")
+        if self.crop_scale is not None and not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale must lie in (0, 1], got {list(self.crop_scale)}")
+        return self
+
+    def overrides(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump(exclude={"preset"}).items() if v is not None}
+
+
+class ModelConfig(_Section):
+    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    # auto: the CIFAR stem (no downsampling) up to 64 px, the ImageNet stem above.
+    stem: Literal["auto", "cifar", "imagenet"] = "auto"
+    width: PositiveFloat = 0.25
+
+
+class MethodConfig(BaseModel):
+    """``name`` picks a registered method; the other keys are that method's options."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "simclr"
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class OptimConfig(_Section):
+    name: Literal["sgd", "lars", "adam", "adamw"] = "sgd"
+    # Base learning rate for a batch of 256; the rate used is lr * batch_size / 256.
+    lr: PositiveFloat = 0.3
+    scale_lr_with_batch: bool = True
+    weight_decay: NonNegativeFloat = 5e-4
+    momentum: float = Field(0.9, ge=0, lt=1)
+    batch_size: PositiveInt = 256
+    warmup_epochs: NonNegativeFloat = 5.0
+    # Biases and normalisation weights are usually spared from decay and LARS scaling.
+    exclude_bias_and_norm: bool = True
+
+
+class TrainConfig(_Section):
+    epochs: NonNegativeInt = 200
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    # auto: bf16 autocast where the device computes it natively, fp32 otherwise.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool = True
+    checkpoint_every: PositiveInt = 5
+    # Online kNN + k-means evaluation every N epochs; 0 evaluates only at the end.
+    eval_every: NonNegativeInt = 10
+    log_every: PositiveInt = 10
+    num_threads: PositiveInt | None = None
+    progress: bool = True
+
+
+class EvalConfig(_Section):
+    knn_k: PositiveInt = 20
+    knn_temperature: PositiveFloat = 0.07
+    # Clusters for k-means; None means the number of classes (required for unlabelled data).
+    clusters: PositiveInt | None = None
+    kmeans_restarts: PositiveInt = 3
+    kmeans_iterations: PositiveInt = 50
+    batch_size: PositiveInt = 512
+
+
+class Config(_Section):
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    method: MethodConfig = MethodConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# Properties of a data set that change what a sensible default is.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Mirrored digits are other symbols: no flips for glyph data.
+    "digits": {"augment": {"flip_prob": 0.0}},
+    "mnist": {"augment": {"flip_prob": 0.0}},
+}
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=0.1"`` -> (["optim", "lr"], 0.1); the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set expects key=value (e.g. optim.lr=0.1), got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for i, part in enumerate(path[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"--set {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise UserError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise UserError(f"config file {path} must hold a mapping of sections, got {type(tree).__name__}")
+    return tree
+
+
+def validate(tree: dict[str, Any], source: str = "config") -> Config:
+    try:
+        config = Config.model_validate(tree)
+    except ValidationError as err:
+        raise UserError(f"{source}: {format_validation_error(err)}") from None
+    _validate_method_options(config, source)
+    return config
+
+
+def _validate_method_options(config: Config, source: str) -> None:
+    from clusterclr.methods.registry import get_method  # the methods import this module
+
+    method = get_method(config.method.name)
+    try:
+        options = method.Options.model_validate(config.method.options())
+    except ValidationError as err:
+        raise UserError(f"{source}: {format_validation_error(err, prefix='method.')}") from None
+    # Keep every option, defaults included, so the saved config is complete.
+    config.method.__pydantic_extra__ = options.model_dump(mode="json")
+
+
+def format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    problems = []
+    for e in err.errors():
+        key = prefix + ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{key}'")
+        else:
+            message = e["msg"].removeprefix("Value error, ")
+            given = e.get("input")
+            # A whole section as "input" says nothing the message doesn't.
+            problems.append(f"'{key}': {message}" + ("" if isinstance(given, dict) else f" (got {given!r})"))
+    return "; ".join(problems)
+
+
+def build_config(
+    config_file: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+) -> Config:
+    """Layer defaults, data set defaults, file, flags and ``--set`` overrides, then validate.
+
+    ``flags`` maps dotted keys to values (``{"train.epochs": 5}``); None values are ignored.
+    """
+    user: dict[str, Any] = read_yaml(config_file) if config_file else {}
+    for key, value in (flags or {}).items():
+        if value is not None:
+            _set_path(user, key.split("."), value)
+    for text in overrides or []:
+        path, value = parse_override(text)
+        _set_path(user, path, value)
+    data = user.get("data")
+    dataset = data.get("dataset", DataConfig().dataset) if isinstance(data, dict) else DataConfig().dataset
+    tree = _merge(DATASET_DEFAULTS.get(str(dataset), {}), user)
+    return validate(tree)

@@ -1,0 +1,1 @@
+"""Data sets: one module per on-disk format, found by name in ``registry``."""

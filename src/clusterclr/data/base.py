@@ -1,0 +1,107 @@
+"""In-memory image data sets: uint8 tensors plus optional labels.
+
+Images stay uint8 (N×C×H×W) until they reach the training device, so a data
+set costs one byte per pixel in host memory and augmentation happens batched
+on the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from clusterclr.errors import UserError
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """A split of a data set.
+
+    images: uint8 tensor N×C×H×W with C in {1, 3}.
+    labels: int64 tensor of N class indices, or None for unlabelled data.
+    class_names: one name per class when labels exist.
+    sources: where each image came from (a file path for folders), if known.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+    class_names: tuple[str, ...] | None = None
+    sources: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        images = self.images
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(
+                f"images must be uint8 N×C×H×W with C in (1, 3), got {images.dtype} {tuple(images.shape)}"
+            )
+        n = images.shape[0]
+        if self.labels is not None:
+            if self.labels.dtype != torch.int64 or self.labels.shape != (n,):
+                raise ValueError(f"labels must be int64 of shape ({n},), got {self.labels.dtype} {tuple(self.labels.shape)}")
+            if n and self.class_names is not None and int(self.labels.max()) >= len(self.class_names):
+                raise ValueError("a label is out of range of class_names")
+        if self.sources is not None and len(self.sources) != n:
+            raise ValueError(f"sources has {len(self.sources)} entries for {n} images")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.images.shape[2], self.images.shape[3]
+
+    @property
+    def num_classes(self) -> int | None:
+        if self.labels is None:
+            return None
+        if self.class_names is not None:
+            return len(self.class_names)
+        return int(self.labels.max()) + 1 if len(self) else 0
+
+    def subset(self, indices: torch.Tensor) -> ImageDataset:
+        indices = torch.as_tensor(indices, dtype=torch.int64)
+        return ImageDataset(
+            images=self.images[indices],
+            labels=None if self.labels is None else self.labels[indices],
+            class_names=self.class_names,
+            sources=None if self.sources is None else tuple(self.sources[i] for i in indices.tolist()),
+        )
+
+
+@dataclass(frozen=True)
+class RawSplits:
+    """What a loader finds on disk, before clusterclr decides how to use it.
+
+    train: the (labelled, if the set has labels) training split.
+    test: the official test split, or None when the set has none.
+    unlabeled: extra unlabelled training images (STL-10), or None.
+    """
+
+    train: ImageDataset
+    test: ImageDataset | None = None
+    unlabeled: ImageDataset | None = None
+
+
+def concat(datasets: list[ImageDataset]) -> ImageDataset:
+    """Join splits for training; labels survive only if every part has them."""
+    if not datasets:
+        raise ValueError("nothing to concatenate")
+    shapes = {d.images.shape[1:] for d in datasets}
+    if len(shapes) != 1:
+        raise UserError(f"cannot join splits with different image shapes: {sorted(map(tuple, shapes))}")
+    labelled = all(d.labels is not None for d in datasets)
+    return ImageDataset(
+        images=torch.cat([d.images for d in datasets]),
+        labels=torch.cat([d.labels for d in datasets]) if labelled else None,
+        class_names=datasets[0].class_names if labelled else None,
+        sources=(
+            sum((d.sources for d in datasets), ())
+            if all(d.sources is not None for d in datasets)
+            else None
+        ),
+    )

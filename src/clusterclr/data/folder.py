@@ -1,0 +1,131 @@
+"""A folder of image files, in one of two layouts.
+
+- Class tree: root/<class>/... image files (searched recursively inside each
+  class folder); labelled, class names are the sorted folder names.
+- Flat: image files directly in root; unlabelled.
+
+Having both image files in root and class folders is ambiguous and refused.
+Every image is turned upright (EXIF orientation) and made RGB uint8; its
+shorter side is resized to image_size (default 64), then it is center-cropped
+to image_size×image_size. Files that cannot be decoded are skipped with a
+warning. Order is by sorted path.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from clusterclr.data.base import ImageDataset, RawSplits
+from clusterclr.errors import UserError
+
+EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+DEFAULT_IMAGE_SIZE = 64
+
+
+def load(root: Path | None, image_size: int | None = None) -> RawSplits:
+    """Read every image under root (see the module docstring for the layouts)."""
+    if root is None:
+        raise UserError("dataset 'folder' needs --data-root pointing at a folder of images (or of class folders)")
+    root = Path(root)
+    size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
+    if size < 1:
+        raise UserError(f"folder: image size must be positive, got {size}")
+    if not root.is_dir():
+        raise UserError(f"folder: {root} is not a directory")
+    direct = _images(root, recursive=False)
+    classes = {d.name: files for d in sorted(_subdirs(root)) if (files := _images(d, recursive=True))}
+    if direct and classes:
+        raise UserError(
+            f"folder: {root} has image files both directly inside it and in subfolders "
+            f"(e.g. {', '.join(list(classes)[:3])}); use only class folders (labelled) or only files (unlabelled)"
+        )
+    if not direct and not classes:
+        raise UserError(f"folder: no image files ({' '.join(sorted(EXTENSIONS))}) in {root} or its subfolders")
+
+    paths = direct or [p for files in classes.values() for p in files]
+    labels = [i for i, files in enumerate(classes.values()) for _ in files]  # empty when flat
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        pixels = list(pool.map(lambda p: _read(p, size), paths))
+
+    bad = [p for p, image in zip(paths, pixels) if image is None]
+    if bad:
+        warnings.warn(
+            f"folder: skipped {len(bad)} unreadable image(s) in {root}, e.g. {', '.join(map(str, bad[:3]))}",
+            stacklevel=2,
+        )
+    keep = [i for i, image in enumerate(pixels) if image is not None]
+    if not keep:
+        raise UserError(f"folder: none of the {len(paths)} image files in {root} could be read")
+    return RawSplits(
+        train=ImageDataset(
+            images=torch.from_numpy(np.stack([pixels[i] for i in keep])),
+            labels=None if direct else torch.tensor([labels[i] for i in keep], dtype=torch.int64),
+            class_names=None if direct else tuple(classes),
+            sources=tuple(str(paths[i]) for i in keep),
+        )
+    )
+
+
+def _subdirs(directory: Path) -> list[Path]:
+    # Hidden folders (.git, .ipynb_checkpoints, ...) are never classes.
+    return [d for d in directory.iterdir() if d.is_dir() and not d.name.startswith(".")]
+
+
+def _images(directory: Path, recursive: bool) -> list[Path]:
+    candidates = directory.rglob("*") if recursive else directory.iterdir()
+    return sorted(
+        p for p in candidates
+        if p.suffix.lower() in EXTENSIONS and p.is_file() and not p.name.startswith(".")
+    )
+
+
+def _read(path: Path, size: int) -> np.ndarray | None:
+    """3×size×size uint8 pixels of one file, or None if it cannot be decoded."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            rgb = _to_rgb(ImageOps.exif_transpose(image))
+    # Pillow signals a damaged file with any of these, depending on the format.
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return None
+    width, height = rgb.size
+    side = min(width, height)
+    # One resample of the centered square does "shorter side to size, then center crop".
+    box = ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
+    if (width, height) != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.BICUBIC, box=box)
+    return np.asarray(rgb).transpose(2, 0, 1).copy()
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any mode to 8-bit RGB; wide integer and float modes are rescaled, not clipped."""
+    if image.mode.startswith("I") or image.mode == "F":
+        return Image.fromarray(_rescale(np.asarray(image), image.mode)).convert("RGB")
+    return image.convert("RGB")
+
+
+def _rescale(values: np.ndarray, mode: str) -> np.ndarray:
+    """Map single-channel 16/32-bit or float pixels onto 0..255.
+
+    16-bit modes span 0..65535. For 32-bit integer and float images the
+    range is taken as the first of 0..1 (floats only), 0..255, 0..65535 that
+    holds every pixel; otherwise the image's own min..max is stretched.
+    """
+    values = np.nan_to_num(values.astype(np.float64))
+    low, high = float(values.min()), float(values.max())
+    if mode.startswith("I;16"):
+        low, high = 0.0, 65535.0
+    else:
+        ranges = (1.0, 255.0, 65535.0) if mode == "F" else (255.0, 65535.0)
+        top = next((r for r in ranges if low >= 0 and high <= r), None)
+        if top is not None:
+            low, high = 0.0, top
+    scaled = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
+    return np.rint(scaled).clip(0, 255).astype(np.uint8)

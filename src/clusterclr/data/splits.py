@@ -1,0 +1,73 @@
+"""From what is on disk to the three splits a run uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from clusterclr.config import DataConfig
+from clusterclr.data.base import ImageDataset, concat
+from clusterclr.data.registry import load_raw
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """train: what self-supervised training sees (labels unused).
+    bank: labelled reference set for kNN and for fitting k-means.
+    test: queries for kNN and the split every metric is reported on.
+    test_is_holdout: True when the data set has no test split and ``test``
+    was held out of train (and removed from ``train`` and ``bank``).
+    """
+
+    name: str
+    train: ImageDataset
+    bank: ImageDataset
+    test: ImageDataset
+    test_is_holdout: bool
+
+    @property
+    def labelled(self) -> bool:
+        return self.bank.labels is not None and self.test.labels is not None
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.bank.num_classes if self.labelled else None
+
+
+def holdout_indices(dataset: ImageDataset, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held out) row indices; stratified by class when labels exist."""
+    generator = torch.Generator().manual_seed(seed)
+    groups = [torch.arange(len(dataset))] if dataset.labels is None else [
+        torch.nonzero(dataset.labels == c).flatten() for c in torch.unique(dataset.labels)
+    ]
+    kept, held = [], []
+    for rows in groups:
+        rows = rows[torch.randperm(len(rows), generator=generator)]
+        n_held = round(fraction * len(rows))
+        held.append(rows[:n_held])
+        kept.append(rows[n_held:])
+    return torch.cat(kept).sort().values, torch.cat(held).sort().values
+
+
+def resize(dataset: ImageDataset, size: int) -> ImageDataset:
+    if dataset.image_size == (size, size):
+        return dataset
+    images = F.interpolate(dataset.images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return ImageDataset(images.round_().clamp_(0, 255).to(torch.uint8), dataset.labels, dataset.class_names, dataset.sources)
+
+
+def load_splits(cfg: DataConfig) -> DataSplits:
+    raw = load_raw(cfg.dataset, cfg.root, cfg.image_size)
+    labelled_train = raw.train
+    if raw.test is not None:
+        test, holdout = raw.test, False
+    else:
+        kept, held = holdout_indices(raw.train, cfg.holdout_fraction, cfg.split_seed)
+        labelled_train, test, holdout = raw.train.subset(kept), raw.train.subset(held), True
+    train = labelled_train if raw.unlabeled is None else concat([labelled_train, raw.unlabeled])
+    splits = [train, labelled_train, test]
+    if cfg.image_size is not None:
+        splits = [resize(d, cfg.image_size) for d in splits]
+    return DataSplits(cfg.dataset, *splits, test_is_holdout=holdout)

@@ -1,0 +1,72 @@
+"""The standard evaluation of a run: kNN, k-means on features, and the cluster head.
+
+Features are L2-normalised. The labelled train split is the kNN bank and
+the data k-means is fitted on; every score is reported on the test split
+(or the held-out part of train, when the data set has no test split).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clusterclr.build import Parts
+from clusterclr.config import EvalConfig
+from clusterclr.evaluate.features import embed_dataset
+from clusterclr.evaluate.kmeans import assign, kmeans
+from clusterclr.evaluate.knn import knn_accuracy
+from clusterclr.evaluate.metrics import clustering_scores
+
+HEADLINE_KEYS = ("knn_acc", "kmeans_nmi", "kmeans_acc", "kmeans_ari", "head_nmi", "head_acc", "head_ari")
+
+
+def evaluate_features(
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor | None,
+    test: torch.Tensor,
+    test_labels: torch.Tensor | None,
+    clusters: int,
+    cfg: EvalConfig,
+    seed: int = 0,
+) -> dict[str, float | None]:
+    """kNN accuracy and k-means NMI/ACC/ARI; None where labels are missing."""
+    bank, test = F.normalize(bank.float(), dim=1), F.normalize(test.float(), dim=1)
+    result: dict[str, float | None] = {"knn_acc": None, "knn_top5": None}
+    if bank_labels is not None and test_labels is not None:
+        knn = knn_accuracy(bank, bank_labels, test, test_labels, k=cfg.knn_k, temperature=cfg.knn_temperature)
+        result.update(knn_acc=knn["top1"], knn_top5=knn["top5"])
+    fitted = kmeans(bank.numpy(), clusters, seed=seed, niter=cfg.kmeans_iterations, restarts=cfg.kmeans_restarts)
+    predicted = assign(test.numpy(), fitted.centroids)
+    result.update(_scores("kmeans", test_labels, predicted))
+    result["kmeans_empty_clusters"] = int(clusters - len(np.unique(fitted.assignments)))
+    return result
+
+
+def _scores(prefix: str, labels: torch.Tensor | None, predicted: np.ndarray) -> dict[str, float | None]:
+    if labels is None:
+        return {f"{prefix}_nmi": None, f"{prefix}_acc": None, f"{prefix}_ari": None}
+    scores = clustering_scores(labels.numpy(), predicted)
+    return {f"{prefix}_{name}": value for name, value in scores.items()}
+
+
+def evaluate_parts(parts: Parts) -> dict[str, float | None]:
+    """Evaluate the method ``parts`` holds on its data."""
+    cfg, splits = parts.config, parts.splits
+    common = dict(
+        method=parts.method,
+        views=parts.views,
+        device=parts.device,
+        batch_size=cfg.eval.batch_size,
+        autocast_dtype=parts.autocast_dtype,
+        channels_last=cfg.train.channels_last,
+    )
+    bank = embed_dataset(dataset=splits.bank, **common)
+    test = embed_dataset(dataset=splits.test, **common)
+    result = evaluate_features(
+        bank.features, splits.bank.labels, test.features, splits.test.labels,
+        parts.method.data.num_clusters, cfg.eval, seed=cfg.seed,
+    )
+    if test.cluster_probabilities is not None:
+        result.update(_scores("head", splits.test.labels, test.cluster_probabilities.argmax(1).numpy()))
+    return result

@@ -1,0 +1,1 @@
+"""Networks: backbones that map images to features, heads that map features onwards."""

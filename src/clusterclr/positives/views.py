@@ -1,0 +1,18 @@
+"""Instance discrimination: only views of the same image are positives."""
+
+from __future__ import annotations
+
+import torch
+
+
+def same_image(num_images: int, num_views: int, device: torch.device | None = None) -> torch.Tensor:
+    """Positive mask for ``num_views`` stacked views of ``num_images`` images.
+
+    Views are stacked view-major: row ``v * num_images + i`` is view ``v`` of
+    image ``i``. Entry (a, b) is True when a and b are different views of one
+    image; the diagonal (a view with itself) is never a positive.
+    """
+    image_of_row = torch.arange(num_images, device=device).repeat(num_views)
+    mask = image_of_row[:, None] == image_of_row[None, :]
+    mask.fill_diagonal_(False)
+    return mask

@@ -1,0 +1,51 @@
+"""A run's log: one JSON line per logged step, epoch or evaluation, mirrored to TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from torch.utils.tensorboard import SummaryWriter
+
+from clusterclr.io import write_text
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, keep_until_step: int | None = None) -> None:
+        """Append to the run's log; lines past ``keep_until_step`` are dropped first (a resumed run redoes them)."""
+        self.path = run_dir / "metrics.jsonl"
+        if keep_until_step is not None and self.path.exists():
+            kept = [r for r in read_log(run_dir) if r["step"] <= keep_until_step]
+            write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        self._file = self.path.open("a", encoding="utf-8")
+        self._tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def write(self, kind: str, step: int, values: dict[str, Any]) -> None:
+        """Append ``values`` for ``kind`` (step / epoch / eval) at global ``step``."""
+        record = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
+        self._file.write(json.dumps(record) + "\n")
+        # Flushed per line so an interrupted run keeps everything logged so far.
+        self._file.flush()
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                self._tensorboard.add_scalar(f"{kind}/{key}", value, step)
+
+    def close(self) -> None:
+        self._file.close()
+        self._tensorboard.close()
+
+
+def read_log(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+    return records

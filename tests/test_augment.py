@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from clusterclr.augment import ViewMaker, channel_stats, recipe_for
+
+
+def make(size: int, channels: int) -> ViewMaker:
+    return ViewMaker(recipe_for("auto", size), (size, size), channels, (0.5,) * channels, (0.25,) * channels)
+
+
+@pytest.mark.parametrize("size, channels", [(8, 1), (32, 3), (96, 3)])
+def test_views_keep_shape_and_range_and_differ(size, channels):
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (6, channels, size, size), dtype=torch.uint8)
+    maker = make(size, channels)
+    views = maker(images, num_views=3)
+    assert len(views) == 3
+    low, high = (0 - 0.5) / 0.25, (1 - 0.5) / 0.25
+    for v in views:
+        assert v.shape == images.shape and v.dtype == torch.float32
+        assert v.min() >= low - 1e-5 and v.max() <= high + 1e-5
+    assert not torch.allclose(views[0], views[1])
+    # Every sample draws its own parameters: no two images are cropped identically.
+    assert not torch.allclose(views[0][0] - maker.clean(images)[0], views[0][1] - maker.clean(images)[1])
+
+
+def test_clean_view_is_exactly_the_normalised_image():
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    clean = make(32, 3).clean(images)
+    assert torch.allclose(clean, (images.float() / 255 - 0.5) / 0.25)
+
+
+def test_presets_follow_resolution_and_overrides_apply():
+    assert recipe_for("auto", 8) == recipe_for("small", 8)
+    assert recipe_for("auto", 32).blur_prob == 0
+    assert recipe_for("auto", 96).blur_prob > 0
+    assert recipe_for("auto", 32, {"flip_prob": 0.0}).flip_prob == 0.0
+    with pytest.raises(ValueError, match="unknown augmentation preset"):
+        recipe_for("huge", 32)
+
+
+def test_views_reject_float_input():
+    with pytest.raises(TypeError, match="uint8"):
+        make(32, 3)(torch.rand(2, 3, 32, 32))
+
+
+def test_channel_stats_match_numpy():
+    images = torch.randint(0, 256, (20, 3, 5, 5), dtype=torch.uint8)
+    mean, std = channel_stats(images)
+    x = images.double() / 255
+    assert mean == pytest.approx(x.mean(dim=(0, 2, 3)).tolist())
+    assert std == pytest.approx(x.std(dim=(0, 2, 3)).tolist())

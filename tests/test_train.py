@@ -1,0 +1,103 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from clusterclr.cli import main
+from clusterclr.config import build_config
+from clusterclr.runlog import read_log
+from clusterclr.train import CHECKPOINT, Trainer, resume_run, start_run
+
+TINY = [
+    "model.width=0.125",
+    "optim.batch_size=128",
+    "train.progress=false",
+    "train.eval_every=0",
+    "train.checkpoint_every=1",
+    "train.log_every=1",
+    "method.projection_hidden_dim=64",
+    "method.projection_dim=32",
+]
+
+
+def tiny_config(epochs: int, *extra: str):
+    return build_config(flags={"train.epochs": epochs}, overrides=TINY + list(extra))
+
+
+def step_losses(run_dir):
+    return [(r["step"], r["loss"]) for r in read_log(run_dir) if r["kind"] == "step"]
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
+    config = tiny_config(3)
+    whole = tmp_path / "whole"
+    start_run(config, whole)
+
+    save = Trainer.save
+
+    def save_then_crash(self):
+        save(self)
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+
+    interrupted = tmp_path / "interrupted"
+    monkeypatch.setattr(Trainer, "save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        start_run(config, interrupted)
+    monkeypatch.setattr(Trainer, "save", save)
+    resume_run(interrupted)
+
+    assert step_losses(interrupted) == step_losses(whole)
+    a = torch.load(whole / CHECKPOINT, weights_only=True)["method"]
+    b = torch.load(interrupted / CHECKPOINT, weights_only=True)["method"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((whole / "metrics.json").read_text()) == json.loads((interrupted / "metrics.json").read_text())
+
+
+def test_short_run_learns_and_writes_everything(tmp_path):
+    run = tmp_path / "run"
+    metrics = start_run(tiny_config(8, "train.eval_every=4"), run)
+    for key in ("knn_acc", "kmeans_nmi", "kmeans_acc", "kmeans_ari"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["eval_split"] == "holdout"
+    epochs = [r for r in read_log(run) if r["kind"] == "epoch"]
+    assert len(epochs) == 8
+    assert epochs[-1]["loss"] < epochs[0]["loss"]
+    steps = [r for r in read_log(run) if r["kind"] == "step"]
+    assert all(r["output_std"] > 0.3 / math.sqrt(32) for r in steps)  # not collapsed
+    assert [r["epoch"] for r in read_log(run) if r["kind"] == "eval"] == [4, 8]
+    assert (run / "config.yaml").is_file() and (run / CHECKPOINT).is_file()
+    assert any((run / "tensorboard").iterdir())
+    assert json.loads((run / "metrics.json").read_text())["knn_acc"] == metrics["knn_acc"]
+    # Far above chance (0.1): eight epochs of SimCLR already separate digits.
+    assert metrics["knn_acc"] > 0.6
+
+
+def test_existing_run_is_never_overwritten(tmp_path):
+    run = tmp_path / "run"
+    start_run(tiny_config(1), run)
+    with pytest.raises(Exception, match="already holds a run"):
+        start_run(tiny_config(1), run)
+
+
+def test_evaluate_and_embed_commands(tmp_path, capsys):
+    run = tmp_path / "run"
+    start_run(tiny_config(1), run)
+    first = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").unlink()
+    assert main(["evaluate", str(run)]) == 0
+    assert json.loads((run / "metrics.json").read_text()) == first
+    assert "kmeans_nmi" in capsys.readouterr().out
+
+    out = tmp_path / "emb.npy"
+    assert main(["embed", str(run), "--out", str(out)]) == 0
+    features = np.load(out)
+    assert features.shape == (1797, 16) and features.dtype == np.float32
+    lines = out.with_suffix(".csv").read_text().splitlines()
+    assert lines[0] == "index,split,source,label,cluster"
+    assert len(lines) == 1798
+    clusters = {int(line.split(",")[-1]) for line in lines[1:]}
+    assert clusters <= set(range(10)) and len(clusters) > 1
