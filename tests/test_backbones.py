@@ -25,7 +25,7 @@ def test_grayscale_input_and_stems_differ_in_resolution():
 
 def test_residual_blocks_start_as_identity():
     net = build_backbone("resnet18", 3, "cifar", 0.25)
-    assert all(float(b.last_bn.weight.abs().sum()) == 0 for stage in net.stages for b in stage)
+    assert all(float(b.last_bn.weight.detach().abs().sum()) == 0 for stage in net.stages for b in stage)
 
 
 def test_unknown_backbone_is_rejected():

@@ -95,7 +95,7 @@ def test_evaluate_and_embed_commands(tmp_path, capsys):
     out = tmp_path / "emb.npy"
     assert main(["embed", str(run), "--out", str(out)]) == 0
     features = np.load(out)
-    assert features.shape == (1797, 16) and features.dtype == np.float32
+    assert features.shape == (1797, 64) and features.dtype == np.float32
     lines = out.with_suffix(".csv").read_text().splitlines()
     assert lines[0] == "index,split,source,label,cluster"
     assert len(lines) == 1798
