@@ -7,6 +7,7 @@ randomly initialised backbone, and appends it to BENCHMARKS.md with the
 command, date and machine.
 
     python benchmarks/quality.py --config configs/cifar10_subset_simclr.yaml --methods simclr --seeds 0 1 2
+    python benchmarks/quality.py --config configs/cifar10_subset_{moco_v2,simsiam,byol}.yaml --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -23,23 +24,25 @@ from pathlib import Path
 import torch
 
 from clusterclr.build import resolve_clusters
-from clusterclr.config import build_config
+from clusterclr.config import build_config, read_yaml
 from clusterclr.data.splits import load_splits
+from clusterclr.errors import UserError
 from clusterclr.evaluate.protocol import evaluate_features
 from clusterclr.train import start_run
 
 COLUMNS = ("knn_acc", "kmeans_nmi", "kmeans_acc", "kmeans_ari")
 HEADERS = ("kNN", "NMI", "ACC", "ARI")
+SCORED_ON = {"test": "the test split", "holdout": "the held-out 20% of train (the set has no test split)"}
 
 
 def raw_pixels(config_file: str, overrides: list[str], seed: int) -> dict:
     config = build_config(config_file, {"seed": seed}, overrides)
     splits = load_splits(config.data)
+    if not splits.labelled:
+        raise UserError(f"benchmarks score against labels, and data set '{splits.name}' has none")
     flat = lambda d: d.images.flatten(1).float() / 255  # noqa: E731
-    return evaluate_features(
-        flat(splits.bank), splits.bank.labels, flat(splits.test), splits.test.labels,
-        resolve_clusters(config, splits), config.eval, seed=seed,
-    )
+    clusters = resolve_clusters(config.eval.clusters, splits.num_classes, len(splits.bank), splits.name)
+    return evaluate_features(flat(splits.bank), splits.bank.labels, flat(splits.test), splits.test.labels, clusters, config.eval, seed)
 
 
 def random_backbone(config_file: str, overrides: list[str], seed: int, run_dir: Path) -> dict:
@@ -49,8 +52,15 @@ def random_backbone(config_file: str, overrides: list[str], seed: int, run_dir: 
 
 
 def trained(config_file: str, overrides: list[str], method: str, seed: int, run_dir: Path) -> dict:
-    config = build_config(config_file, {"seed": seed}, overrides + [f"method.name={method}"])
-    return start_run(config, run_dir)
+    """Train ``method`` with the preset's data, model, optimiser and budget.
+
+    The preset's method options belong to the preset's method; another
+    method starts from its own defaults.
+    """
+    tree = read_yaml(config_file)
+    if tree.get("method", {}).get("name") != method:
+        tree["method"] = {"name": method}
+    return start_run(build_config(tree, {"seed": seed}, overrides), run_dir)
 
 
 def summarise(values: list[float]) -> str:
@@ -73,34 +83,47 @@ def machine() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="preset YAML shared by every method")
-    parser.add_argument("--methods", nargs="+", required=True)
+    parser.add_argument("--config", nargs="+", required=True,
+                        help="preset YAML(s): each is a row, or, with --methods, the one preset every method uses")
+    parser.add_argument("--methods", nargs="+", help="methods to train on the first preset (their own default options)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
     parser.add_argument("--no-baselines", action="store_true", help="skip raw-pixel and random-backbone rows")
     parser.add_argument("--runs", default="runs/benchmarks", help="where the run directories go")
     parser.add_argument("--results", default="BENCHMARKS.md", help="file the table is appended to")
     args = parser.parse_args()
+    try:
+        return run(args)
+    except UserError as err:
+        print(f"quality.py: error: {err}", file=sys.stderr)
+        return 2
 
+
+def run(args: argparse.Namespace) -> int:
     root = Path(args.runs) / time.strftime("%Y%m%d-%H%M%S")
     rows: list[tuple[str, list[dict], list[float]]] = []
 
-    def measure(label: str, run) -> None:
+    def measure(label: str, one_seed) -> None:
         results, seconds = [], []
         for seed in args.seeds:
             start = time.perf_counter()
-            results.append(run(seed))
+            results.append(one_seed(seed))
             seconds.append(time.perf_counter() - start)
             print(f"{label} seed {seed}: " + ", ".join(f"{k}={results[-1][k]:.4f}" for k in COLUMNS), file=sys.stderr)
         rows.append((label, results, seconds))
 
+    base = args.config[0]
     if not args.no_baselines:
-        measure("k-means on raw pixels", lambda s: raw_pixels(args.config, args.overrides, s))
-        measure("random-init backbone", lambda s: random_backbone(args.config, args.overrides, s, root / f"random-seed{s}"))
-    for method in args.methods:
-        measure(method, lambda s, m=method: trained(args.config, args.overrides, m, s, root / f"{m}-seed{s}"))
+        measure("k-means on raw pixels", lambda s: raw_pixels(base, args.overrides, s))
+        measure("random-init backbone", lambda s: random_backbone(base, args.overrides, s, root / f"random-seed{s}"))
+    rows_to_train = (
+        [(base, m) for m in args.methods] if args.methods
+        else [(c, build_config(c, None, args.overrides).method.name) for c in args.config]
+    )
+    for preset, method in rows_to_train:
+        measure(method, lambda s, p=preset, m=method: trained(p, args.overrides, m, s, root / f"{m}-seed{s}"))
 
-    config = build_config(args.config, None, args.overrides)
+    config = build_config(base, None, args.overrides)
     parts_note = (
         f"{config.data.dataset}, {config.model.backbone} ×{config.model.width} ({config.model.stem} stem), "
         f"{config.train.epochs} epochs, batch {config.optim.batch_size}, {config.optim.name} lr {config.optim.lr}"
@@ -117,8 +140,9 @@ def main() -> int:
 
     command = "python benchmarks/quality.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     block = (
-        f"\n### {Path(args.config).stem}: {', '.join(args.methods)} ({date.today().isoformat()})\n\n"
-        f"- command: `{command}`\n- setting: {parts_note}; scores on the test split\n"
+        f"\n### {Path(base).stem}: {', '.join(m for _, m in rows_to_train)} ({date.today().isoformat()})\n\n"
+        f"- command: `{command}`\n- setting: {parts_note} (the first preset's; each row trains with its own preset's "
+        f"method and optimiser); scores on {SCORED_ON[load_splits(config.data).eval_split]}\n"
         f"- machine: {machine()}\n\n{table}\n"
     )
     with open(args.results, "a", encoding="utf-8") as f:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from clusterclr.models.backbones import build_backbone
-from clusterclr.models.heads import ProjectionHead
+from clusterclr.models.heads import MLPHead
 
 
 @pytest.mark.parametrize(
@@ -34,6 +34,6 @@ def test_unknown_backbone_is_rejected():
 
 
 def test_projection_head_layers():
-    head = ProjectionHead(16, 32, 8, num_layers=3, last_bn=True)
+    head = MLPHead(16, 32, 8, num_layers=3, last_bn=True)
     assert head(torch.randn(4, 16)).shape == (4, 8)
     assert sum(isinstance(m, torch.nn.Linear) for m in head) == 3

@@ -17,6 +17,10 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
         (["train", "--dataset", "cifar10", "--data-root", "/no/such/dir"], "/no/such/dir"),
         (["train", "--method", "nope"], "unknown method 'nope'"),
         (["evaluate", "/no/such/run"], "/no/such/run"),
+        (["train", "--seed", "4294967296"], "'seed'"),
+        (["train", "--set", "eval.clusters=5000"], "cannot make 5000 clusters"),
+        (["train", "--set", "optim.batch_size=100000"], "fewer than optim.batch_size"),
+        (["embed", "/no/such/run", "--out", "x.npy", "--data-root", "somewhere"], "--data-root needs --dataset"),
     ],
 )
 def test_bad_input_gives_one_line_error(args, message, tmp_path):
@@ -35,6 +39,12 @@ def test_empty_folder_is_a_clear_error(tmp_path):
     assert str(empty) in result.stderr and "clusterclr: error:" in result.stderr
 
 
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    result = run_cli("train", "--resume", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "no checkpoint at" in result.stderr
+
+
 def test_resume_refuses_conflicting_flags(tmp_path):
     result = run_cli("train", "--resume", str(tmp_path), "--epochs", "3", cwd=tmp_path)
     assert result.returncode == 2 and "--resume continues a run" in result.stderr
@@ -42,7 +52,8 @@ def test_resume_refuses_conflicting_flags(tmp_path):
 
 def test_methods_and_datasets_are_listed():
     methods = run_cli("methods")
-    assert methods.returncode == 0 and methods.stdout.startswith("simclr")
+    assert methods.returncode == 0
+    assert [line.split()[0] for line in methods.stdout.splitlines()] == ["byol", "moco_v2", "simclr", "simsiam"]
     datasets = run_cli("datasets").stdout
     for name in ("digits", "cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "folder", "npz"):
         assert name in datasets

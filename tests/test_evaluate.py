@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from clusterclr.evaluate.kmeans import KMeansResult, assign, kmeans
+from clusterclr.clustering.kmeans import KMeansResult, assign, kmeans
 from clusterclr.evaluate.knn import knn_accuracy, knn_predict
 from clusterclr.evaluate.metrics import (
     ari,

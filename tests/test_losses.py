@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from clusterclr.losses.nt_xent import nt_xent
+from clusterclr.losses.contrastive import nt_xent
 from clusterclr.positives.views import same_image
 
 
@@ -76,7 +76,7 @@ def test_perfectly_aligned_views_give_a_lower_loss_than_random_ones():
 
 
 def test_mask_of_wrong_shape_is_rejected():
-    with pytest.raises(ValueError, match="positives must be"):
+    with pytest.raises(ValueError, match="masks must be"):
         nt_xent(torch.randn(6, 3), same_image(2, 2), 0.5)
 
 

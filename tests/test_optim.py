@@ -35,10 +35,48 @@ def test_lars_step_equals_formula():
     w0 = w.detach().clone()
     w.grad = torch.randn(5, 3)
     lr, wd, trust = 0.5, 1e-2, 1e-3
-    LARS([w], lr=lr, momentum=0.9, weight_decay=wd, trust=trust).step()
+    LARS([w], lr=lr, momentum=0.9, weight_decay=wd, eta=trust).step()
     update = w.grad + wd * w0
     scale = trust * w0.norm() / update.norm()
     assert torch.allclose(w.detach(), w0 - lr * scale * update)
+
+
+def reference_lars_step(w, g, buf, lr, wd, eta, momentum, clip, exclude):
+    update = g.clone()
+    if not exclude:
+        update = update + wd * w
+        ratio = eta * w.norm() / update.norm()
+        if clip:
+            ratio = min(float(ratio) / lr, 1.0)
+        update = update * ratio
+    buf = update if buf is None else momentum * buf + update
+    return w - lr * buf, buf
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_lars_two_steps_with_momentum_and_excluded_group(clip):
+    torch.manual_seed(1)
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    b = torch.nn.Parameter(torch.randn(3))
+    lr, wd, eta, momentum = 0.3, 1e-3, 0.02, 0.9
+    opt = LARS([{"params": [w]}, {"params": [b], "weight_decay": 0.0, "lars_exclude": True}],
+               lr=lr, momentum=momentum, weight_decay=wd, eta=eta, clip=clip)
+    ref_w, ref_b, buf_w, buf_b = w.detach().clone(), b.detach().clone(), None, None
+    for _ in range(2):
+        gw, gb = torch.randn(4, 3), torch.randn(3)
+        w.grad, b.grad = gw.clone(), gb.clone()
+        opt.step()
+        ref_w, buf_w = reference_lars_step(ref_w, gw, buf_w, lr, wd, eta, momentum, clip, exclude=False)
+        ref_b, buf_b = reference_lars_step(ref_b, gb, buf_b, lr, 0.0, eta, momentum, clip, exclude=True)
+    assert torch.allclose(w.detach(), ref_w, atol=1e-6)
+    assert torch.allclose(b.detach(), ref_b, atol=1e-6)
+
+
+def test_lars_leaves_zero_weights_to_plain_sgd():
+    w = torch.nn.Parameter(torch.zeros(3))
+    w.grad = torch.ones(3)
+    LARS([w], lr=0.1, momentum=0.0).step()
+    assert torch.allclose(w.detach(), torch.full((3,), -0.1))
 
 
 @pytest.mark.parametrize("name", ["sgd", "lars", "adam", "adamw"])

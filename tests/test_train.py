@@ -97,7 +97,40 @@ def test_evaluate_and_embed_commands(tmp_path, capsys):
     features = np.load(out)
     assert features.shape == (1797, 64) and features.dtype == np.float32
     lines = out.with_suffix(".csv").read_text().splitlines()
-    assert lines[0] == "index,split,source,label,cluster"
-    assert len(lines) == 1798
-    clusters = {int(line.split(",")[-1]) for line in lines[1:]}
+    assert lines[0] == "split,index,source,label,cluster"
+    rows = [line.split(",") for line in lines[1:]]
+    # Rows follow the data set's own order, so index and label line up with load_digits().
+    from sklearn.datasets import load_digits
+
+    assert [int(r[1]) for r in rows] == list(range(1797))
+    assert [int(r[3]) for r in rows] == load_digits().target.tolist()
+    clusters = {int(r[4]) for r in rows}
     assert clusters <= set(range(10)) and len(clusters) > 1
+
+    assert main(["embed", str(run), "--out", str(out), "--clusters", "0"]) == 2
+    assert main(["embed", str(run), "--out", str(out), "--clusters", "5000"]) == 2
+    assert main(["embed", str(run), "--out", str(out), "--split", "test"]) == 2  # digits has no test split
+    assert "cannot make 5000 clusters" in capsys.readouterr().err
+
+
+def test_unlabelled_folder_end_to_end(tmp_path):
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    generator = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(generator.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(photos / f"img_{i:02d}.png")
+    run = tmp_path / "run"
+    config = build_config(
+        flags={"data.dataset": "folder", "data.root": str(photos), "train.epochs": 1},
+        overrides=TINY + ["data.image_size=16", "optim.batch_size=16", "eval.clusters=3"],
+    )
+    metrics = start_run(config, run)
+    assert metrics["eval_split"] == "train" and metrics["num_train"] == 40  # nothing held back
+    assert metrics["knn_acc"] is None and metrics["kmeans_nmi"] is None
+    out = tmp_path / "e.npy"
+    assert main(["embed", str(run), "--out", str(out)]) == 0
+    rows = out.with_suffix(".csv").read_text().splitlines()[1:]
+    assert len(rows) == 40 and rows[0].split(",")[2].endswith("img_00.png")
+    assert {int(r.split(",")[4]) for r in rows} <= {0, 1, 2}

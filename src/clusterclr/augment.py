@@ -115,14 +115,19 @@ class ViewMaker(nn.Module):
         return [self._normalise(self.augment(x).clamp_(0.0, 1.0)) for _ in range(num_views)]
 
 
-def channel_stats(images: torch.Tensor, max_images: int = 10_000) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of a uint8 image tensor in [0, 1] units.
+def channel_stats(images: torch.Tensor, chunk: int = 1024) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of a uint8 image tensor, in [0, 1] units.
 
-    An evenly spaced sample of at most ``max_images`` keeps this cheap on
-    large sets while staying deterministic.
+    Summed in float64 chunk by chunk, so memory stays at one chunk however
+    large the data set.
     """
-    step = max(1, len(images) // max_images)
-    x = images[::step].double().div_(255.0)
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for start in range(0, len(images), chunk):
+        x = images[start : start + chunk].double().div_(255.0)
+        total += x.sum(dim=(0, 2, 3))
+        squares += x.square().sum(dim=(0, 2, 3))
+    n = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / n
+    std = ((squares - n * mean.square()) / max(n - 1, 1)).clamp_min(0).sqrt().clamp_min(1e-3)
     return tuple(mean.tolist()), tuple(std.tolist())

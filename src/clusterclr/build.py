@@ -1,29 +1,47 @@
-"""Assemble a run's parts from its config: data, device, views and method."""
+"""Assemble a run's parts from its config: data, device, views and method.
+
+``build_parts`` loads the data and builds everything for training.
+``load_model`` rebuilds the views and the trained method from a checkpoint
+alone, without reading the training data, for ``embed`` and exports.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
 from clusterclr.augment import ViewMaker, channel_stats, recipe_for
-from clusterclr.config import Config
+from clusterclr.config import Config, validate
 from clusterclr.data.splits import DataSplits, load_splits
 from clusterclr.errors import UserError
+from clusterclr.io import load_checkpoint
 from clusterclr.methods.base import DataInfo, Method
 from clusterclr.methods.registry import get_method
 from clusterclr.models.backbones import build_backbone
 
+CHECKPOINT = Path("checkpoints") / "last.pt"
+
 
 @dataclass
-class Parts:
+class Model:
+    """A method with the views it was trained with, on its device."""
+
     config: Config
-    splits: DataSplits
     device: torch.device
     autocast_dtype: torch.dtype | None
     views: ViewMaker
     method: Method
     normalisation: dict[str, list[float]]
+
+
+@dataclass
+class Parts(Model):
+    """A model plus the data it trains and is evaluated on."""
+
+    splits: DataSplits
+    eval_clusters: int
 
 
 def select_device(spec: str) -> torch.device:
@@ -34,8 +52,8 @@ def select_device(spec: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"train.device={spec} but no CUDA device is available; use auto or cpu")
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"train.device={spec} but only {torch.cuda.device_count()} CUDA device(s) are available; use auto or cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"train.device={spec} but MPS is not available; use auto or cpu")
     return device
@@ -45,49 +63,80 @@ def select_precision(precision: str, device: torch.device) -> torch.dtype | None
     """The autocast dtype, or None for plain fp32."""
     if precision == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            # Emulated bf16 (pre-Ampere) is slow: those GPUs get fp16 with a gradient scaler.
+            return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
         if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
             return torch.bfloat16
         return None
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def resolve_clusters(config: Config, splits: DataSplits) -> int:
-    if config.eval.clusters is not None:
-        return config.eval.clusters
-    if splits.num_classes is None:
-        raise UserError(f"data set '{splits.name}' has no labels: set the number of clusters with --set eval.clusters=K")
-    return splits.num_classes
+def resolve_clusters(requested: int | None, num_classes: int | None, num_points: int, what: str) -> int:
+    """k for k-means: ``requested``, else the number of classes; checked against the data."""
+    clusters = requested if requested is not None else num_classes
+    if clusters is None:
+        raise UserError(f"{what} has no labels: set the number of clusters with --set eval.clusters=K")
+    if not 1 <= clusters <= num_points:
+        raise UserError(f"cannot make {clusters} clusters of the {num_points} images of {what}")
+    return clusters
 
 
-def build_parts(config: Config, normalisation: dict[str, list[float]] | None = None) -> Parts:
-    """``normalisation`` (mean/std) comes from a checkpoint when re-loading a run."""
-    if config.train.num_threads is not None:
-        torch.set_num_threads(config.train.num_threads)
-    splits = load_splits(config.data)
-    if len(splits.train) < config.optim.batch_size:
-        raise UserError(
-            f"the training split has {len(splits.train)} images, fewer than optim.batch_size={config.optim.batch_size}"
-        )
-    num_clusters = resolve_clusters(config, splits)
+def build_model(config: Config, data: DataInfo, normalisation: dict[str, list[float]]) -> Model:
     device = select_device(config.train.device)
-    train = splits.train
-    if normalisation is None:
-        mean, std = channel_stats(train.images)
-        normalisation = {"mean": list(mean), "std": list(std)}
-    side = min(train.image_size)
+    side = min(data.image_size)
     views = ViewMaker(
         recipe_for(config.augment.preset, side, config.augment.overrides()),
-        train.image_size,
-        train.channels,
+        data.image_size,
+        data.channels,
         tuple(normalisation["mean"]),
         tuple(normalisation["std"]),
     ).to(device)
     stem = config.model.stem if config.model.stem != "auto" else ("cifar" if side <= 64 else "imagenet")
-    backbone = build_backbone(config.model.backbone, train.channels, stem, config.model.width)
+    backbone = build_backbone(config.model.backbone, data.channels, stem, config.model.width)
     method_cls = get_method(config.method.name)
-    method = method_cls(backbone, method_cls.Options(**config.method.options()), DataInfo(len(train), num_clusters))
-    method = method.to(device)
+    method = method_cls(backbone, method_cls.Options(**config.method.options()), data).to(device)
     if config.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
-    return Parts(config, splits, device, select_precision(config.train.precision, device), views, method, normalisation)
+    return Model(config, device, select_precision(config.train.precision, device), views, method, normalisation)
+
+
+def build_parts(config: Config) -> Parts:
+    if config.train.num_threads is not None:
+        torch.set_num_threads(config.train.num_threads)
+    splits = load_splits(config.data)
+    train = splits.train
+    if len(train) < config.optim.batch_size:
+        raise UserError(f"the training split has {len(train)} images, fewer than optim.batch_size={config.optim.batch_size}")
+    eval_clusters = resolve_clusters(config.eval.clusters, splits.num_classes, len(splits.bank), f"data set '{splits.name}'")
+    mean, std = channel_stats(train.images)
+    data = DataInfo(len(train), splits.num_classes, train.channels, train.image_size)
+    model = build_model(config, data, {"mean": list(mean), "std": list(std)})
+    return Parts(**vars(model), splits=splits, eval_clusters=eval_clusters)
+
+
+def model_state(model: Model) -> dict:
+    """What a checkpoint needs to rebuild ``model`` without its data."""
+    return {
+        "config": model.config.model_dump(mode="json"),
+        "data_info": asdict(model.method.data),
+        "normalisation": model.normalisation,
+        "method": model.method.state_dict(),
+    }
+
+
+def read_run(run_dir: Path) -> tuple[Config, dict]:
+    """The config and last checkpoint of the run in ``run_dir``."""
+    if not run_dir.is_dir():
+        raise UserError(f"run directory not found: {run_dir}")
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    return validate(state["config"], source=f"config in {run_dir / CHECKPOINT}"), state
+
+
+def load_model(run_dir: Path) -> tuple[Model, int]:
+    """The trained model of a run (no data read) and the epoch it reached."""
+    config, state = read_run(run_dir)
+    info = state["data_info"]
+    data = DataInfo(info["num_images"], info["num_classes"], info["channels"], tuple(info["image_size"]))
+    model = build_model(config, data, state["normalisation"])
+    model.method.load_state_dict(state["method"])
+    return model, int(state["epoch"])

@@ -19,8 +19,8 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.resume:
         given = [flag for flag, value in _train_flags(args).items() if value is not None]
-        if args.config or given or args.overrides:
-            raise UserError("--resume continues a run with its saved config; drop --config, --set and the other flags")
+        if args.config or given or args.overrides or args.out:
+            raise UserError("--resume continues a run in place with its saved config; drop --config, --out, --set and the other flags")
         run_dir = Path(args.resume)
         print(f"resuming {run_dir}", file=sys.stderr)
         metrics = resume_run(run_dir)
@@ -54,63 +54,25 @@ def _evaluate(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     parts, epoch = load_run(run_dir)
     print(f"evaluating {run_dir} at epoch {epoch}/{parts.config.train.epochs}", file=sys.stderr)
-    print(metrics_table(finish(parts, run_dir, epoch)))
+    steps = epoch * (len(parts.splits.train) // parts.config.optim.batch_size)
+    print(metrics_table(finish(parts, run_dir, epoch, steps)))
     return 0
 
 
 def _embed(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from clusterclr.config import DataConfig
-    from clusterclr.data.base import concat
-    from clusterclr.data.splits import load_splits
-    from clusterclr.evaluate.features import embed_dataset
-    from clusterclr.evaluate.kmeans import kmeans
-    from clusterclr.io import atomic_write, write_text
-    from clusterclr.train import load_run
+    from clusterclr.build import load_model
+    from clusterclr.evaluate.export import embed_to_files
 
     out = Path(args.out)
     if out.suffix != ".npy":
         raise UserError(f"--out must name a .npy file, got {out}")
-    parts, _ = load_run(Path(args.run_dir))
-    splits = parts.splits
-    if args.dataset:
-        data_cfg = DataConfig(dataset=args.dataset, root=args.data_root, image_size=parts.config.data.image_size)
-        splits = load_splits(data_cfg)
-    chosen = {"train": [("train", splits.train)], "test": [("test", splits.test)]}.get(
-        args.split, [("train", splits.train), ("test", splits.test)]
-    )
-    dataset = concat([d for _, d in chosen])
-    if dataset.channels != splits.train.channels or dataset.channels != parts.views.mean.shape[1]:
-        raise UserError(f"the run was trained on {parts.views.mean.shape[1]}-channel images; this data has {dataset.channels}")
-    embeddings = embed_dataset(
-        parts.method, parts.views, dataset, parts.device, parts.config.eval.batch_size,
-        parts.autocast_dtype, parts.config.train.channels_last,
-    )
-    features = embeddings.features.numpy().astype(np.float32)
-    clusters = args.clusters or parts.method.data.num_clusters
-    normalised = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    fitted = kmeans(normalised, clusters, seed=parts.config.seed)
-    atomic_write(out, lambda f: np.save(f, features))
-
-    split_names = [name for name, d in chosen for _ in range(len(d))]
-    header = ["index", "split", "source", "label", "cluster"]
-    probabilities = embeddings.cluster_probabilities
-    if probabilities is not None:
-        header += ["head_cluster", "head_confidence"]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    for i in range(len(dataset)):
-        label = "" if dataset.labels is None else int(dataset.labels[i])
-        source = "" if dataset.sources is None else dataset.sources[i]
-        row = [i, split_names[i], source, label, int(fitted.assignments[i])]
-        if probabilities is not None:
-            confidence, cluster = probabilities[i].max(0)
-            row += [int(cluster), f"{float(confidence):.4f}"]
-        writer.writerow(row)
-    csv_path = write_text(out.with_suffix(".csv"), buffer.getvalue())
-    print(f"wrote {features.shape[0]}×{features.shape[1]} embeddings to {out} and {clusters}-means clusters to {csv_path}")
+    if args.data_root and not args.dataset:
+        raise UserError("--data-root needs --dataset (without it the run's own data set is embedded)")
+    model, _ = load_model(Path(args.run_dir))
+    dataset = args.dataset or model.config.data.dataset
+    root = args.data_root if args.dataset else model.config.data.root
+    rows = embed_to_files(model, dataset, root, args.split, out, args.clusters)
+    print(f"wrote {rows.features} embeddings to {out} and {rows.clusters}-means clusters to {rows.csv}")
     return 0
 
 
@@ -177,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("run_dir")
     embed.add_argument("--dataset", help="data set to embed (default: the run's)")
     embed.add_argument("--data-root", help="where that data set's files are")
-    embed.add_argument("--split", choices=["train", "test", "all"], default="all")
-    embed.add_argument("--clusters", type=int, help="k for k-means (default: the run's)")
+    embed.add_argument("--split", choices=["train", "test", "unlabeled", "all"], default="all",
+                       help="which of the data set's own splits, in file order (default: all of them)")
+    embed.add_argument("--clusters", type=int, help="k for k-means (default: the run's number of classes or eval.clusters)")
     embed.add_argument("--out", required=True, help="output FILE.npy; the CSV goes beside it")
     embed.set_defaults(handler=_embed)
 

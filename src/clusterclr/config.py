@@ -29,6 +29,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -43,12 +44,18 @@ class _Section(BaseModel):
 
 class DataConfig(_Section):
     dataset: str = "digits"
+    # Stored absolute, so --resume, evaluate and embed work from any directory.
     root: str | None = None
     # Resize every image to this square size; None keeps the native size (folders default to 64).
     image_size: PositiveInt | None = None
     # Used only when the data set has no test split: the evaluation split carved from train.
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0, lt=2**31)
+
+    @field_validator("root")
+    @classmethod
+    def _absolute(cls, root: str | None) -> str | None:
+        return None if root is None else str(Path(root).expanduser().absolute())
 
 
 class AugmentConfig(_Section):
@@ -110,6 +117,9 @@ class OptimConfig(_Section):
     warmup_epochs: NonNegativeFloat = 5.0
     # Biases and normalisation weights are usually spared from decay and LARS scaling.
     exclude_bias_and_norm: bool = True
+    # LARS trust coefficient η, and whether the layer-wise rate is capped at lr (as solo-learn does).
+    lars_eta: PositiveFloat = 0.001
+    lars_clip: bool = False
 
 
 class TrainConfig(_Section):
@@ -137,7 +147,7 @@ class EvalConfig(_Section):
 
 
 class Config(_Section):
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**31)
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
     model: ModelConfig = ModelConfig()
@@ -241,15 +251,19 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
 
 
 def build_config(
-    config_file: str | Path | None = None,
+    config_file: str | Path | dict[str, Any] | None = None,
     flags: dict[str, Any] | None = None,
     overrides: list[str] | None = None,
 ) -> Config:
     """Layer defaults, data set defaults, file, flags and ``--set`` overrides, then validate.
 
-    ``flags`` maps dotted keys to values (``{"train.epochs": 5}``); None values are ignored.
+    ``config_file`` is a YAML path or an already-read mapping. ``flags`` maps
+    dotted keys to values (``{"train.epochs": 5}``); None values are ignored.
     """
-    user: dict[str, Any] = read_yaml(config_file) if config_file else {}
+    if isinstance(config_file, dict):
+        user = copy.deepcopy(config_file)
+    else:
+        user = read_yaml(config_file) if config_file else {}
     for key, value in (flags or {}).items():
         if value is not None:
             _set_path(user, key.split("."), value)

@@ -13,13 +13,18 @@ from clusterclr.config import OptimConfig
 class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise adaptive rate scaling (You et al., 2017).
 
-    Each parameter's update is scaled by ``trust * ||w|| / (||g|| + wd ||w||)``.
-    Groups with ``lars_exclude=True`` (biases, norm weights) get plain SGD
-    with momentum, as in SimCLR and BYOL.
+    Each parameter's decayed gradient ``u = g + wd·w`` is scaled by the
+    trust ratio ``eta·||w|| / ||u||`` (SimCLR's form). With ``clip`` the
+    ratio is capped so the layer's rate never exceeds the global one:
+    ``min(eta·||w|| / ||u|| / lr, 1)`` (solo-learn's ``clip_lr``). Groups with
+    ``lars_exclude=True`` (biases, norm weights) get plain SGD with momentum.
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, trust: float = 0.001):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust=trust, lars_exclude=False))
+    def __init__(
+        self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001, clip: bool = False
+    ):
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, clip=clip, lars_exclude=False)
+        super().__init__(params, defaults)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -32,10 +37,11 @@ class LARS(torch.optim.Optimizer):
                 if not group["lars_exclude"]:
                     update = update.add(p, alpha=group["weight_decay"])
                     w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(update)
-                    scale = torch.where(
-                        (w_norm > 0) & (g_norm > 0), group["trust"] * w_norm / g_norm, torch.ones_like(w_norm)
-                    )
-                    update = update.mul(scale)
+                    ratio = group["eta"] * w_norm / g_norm
+                    if group["clip"]:
+                        ratio = torch.clamp(ratio / group["lr"], max=1.0)
+                    # A zero weight or gradient (fresh or dead layer) has no meaningful ratio.
+                    update = update.mul(torch.where((w_norm > 0) & (g_norm > 0), ratio, torch.ones_like(w_norm)))
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.clone(update).detach()
@@ -66,7 +72,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     groups = parameter_groups(model, cfg.weight_decay, cfg.exclude_bias_and_norm)
     lr = peak_lr(cfg)
     if cfg.name == "lars":
-        return LARS(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return LARS(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.lars_eta, clip=cfg.lars_clip)
     for group in groups:
         group.pop("lars_exclude", None)
     if cfg.name == "sgd":

@@ -21,7 +21,7 @@ class RunLog:
             kept = [r for r in read_log(run_dir) if r["step"] <= keep_until_step]
             write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = self.path.open("a", encoding="utf-8")
-        self._tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        self._tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=keep_until_step)
 
     def write(self, kind: str, step: int, values: dict[str, Any]) -> None:
         """Append ``values`` for ``kind`` (step / epoch / eval) at global ``step``."""

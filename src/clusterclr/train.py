@@ -9,6 +9,7 @@ same augmentations as one that never stopped.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from contextlib import nullcontext
@@ -18,16 +19,14 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from clusterclr.build import Parts, build_parts
-from clusterclr.config import Config, validate
+from clusterclr.build import CHECKPOINT, Parts, build_parts, model_state, read_run
+from clusterclr.config import Config
 from clusterclr.errors import UserError
 from clusterclr.evaluate.protocol import evaluate_parts
-from clusterclr.io import load_checkpoint, save_checkpoint, write_json, write_text
+from clusterclr.io import save_checkpoint, write_json, write_text
 from clusterclr.methods.base import Batch
 from clusterclr.optim import build_optimizer, lr_at, peak_lr
 from clusterclr.runlog import RunLog
-
-CHECKPOINT = Path("checkpoints") / "last.pt"
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -56,11 +55,9 @@ class Trainer:
         return {
             "format": 1,
             "epoch": self.epoch,
-            "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "config": self.config.model_dump(mode="json"),
-            "normalisation": self.parts.normalisation,
+            **model_state(self.parts),
         }
 
     def save(self) -> None:
@@ -102,11 +99,6 @@ class Trainer:
                 batch = self._batch(train.images[indices].to(device, non_blocking=True), indices.to(device))
                 with autocast:
                     out = self.method.training_step(batch)
-                if not torch.isfinite(out.loss):
-                    raise FloatingPointError(
-                        f"loss became {out.loss.item()} at step {step} (epoch {self.epoch + 1}); "
-                        "lower optim.lr or use train.precision=fp32"
-                    )
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(out.loss).backward()
                 self.scaler.step(self.optimizer)
@@ -114,15 +106,18 @@ class Trainer:
                 self.method.after_optimizer_step((step + 1) / self.total_steps)
                 epoch_loss += out.loss.detach()
                 if (step + 1) % cfg.train.log_every == 0:
+                    # Checked only here: a per-step check would stall the GPU on every step.
+                    loss = self._finite_loss(out.loss.detach(), step)
                     values = {key: float(value) for key, value in out.logs.items()}
                     log.write("step", step + 1, {"epoch": self.epoch + 1, "lr": lr, **values})
-                    bar.set_postfix(epoch=self.epoch + 1, loss=f"{values['loss']:.3f}", refresh=False)
+                    bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss:.3f}", refresh=False)
                 bar.update(1)
+            mean_loss = self._finite_loss(epoch_loss / self.steps_per_epoch, self.step + self.steps_per_epoch - 1)
             self.epoch += 1
             seconds = time.perf_counter() - epoch_start
             log.write("epoch", self.step, {
                 "epoch": self.epoch,
-                "loss": float(epoch_loss) / self.steps_per_epoch,
+                "loss": mean_loss,
                 "seconds": round(seconds, 3),
                 "images_per_second": round(self.steps_per_epoch * cfg.optim.batch_size / seconds, 1),
             })
@@ -133,6 +128,15 @@ class Trainer:
             if last or self.epoch % cfg.train.checkpoint_every == 0:
                 self.save()
         bar.close()
+
+    def _finite_loss(self, loss: torch.Tensor, step: int) -> float:
+        value = float(loss)
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"loss became {value} by step {step + 1} (epoch {self.epoch + 1}); the last good checkpoint is "
+                f"{self.run_dir / CHECKPOINT}. Lower optim.lr or try train.precision=fp32"
+            )
+        return value
 
     def _batch(self, images: torch.Tensor, indices: torch.Tensor) -> Batch:
         views = self.parts.views(images, self.method.num_views)
@@ -156,9 +160,9 @@ def start_run(config: Config, run_dir: Path) -> dict[str, Any]:
 
 def resume_run(run_dir: Path) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its last checkpoint, exactly as if it had not stopped."""
-    config, state = _read_run(run_dir)
+    config, state = read_run(run_dir)
     torch.manual_seed(config.seed)
-    trainer = Trainer(build_parts(config, normalisation=state["normalisation"]), run_dir)
+    trainer = Trainer(build_parts(config), run_dir)
     trainer.load(state)
     return _train(trainer)
 
@@ -168,40 +172,32 @@ def _train(trainer: Trainer) -> dict[str, Any]:
     log = RunLog(trainer.run_dir, keep_until_step=trainer.step)
     try:
         trainer.fit(log)
-        return finish(trainer.parts, trainer.run_dir, trainer.epoch, log)
+        return finish(trainer.parts, trainer.run_dir, trainer.epoch, trainer.step, log)
     finally:
         log.close()
 
 
-def finish(parts: Parts, run_dir: Path, epoch: int, log: RunLog | None = None) -> dict[str, Any]:
+def finish(parts: Parts, run_dir: Path, epoch: int, step: int, log: RunLog | None = None) -> dict[str, Any]:
     """Final evaluation of ``parts``: metrics.json (atomic) and, if given, a log line."""
     metrics: dict[str, Any] = evaluate_parts(parts)
-    steps = epoch * (len(parts.splits.train) // parts.config.optim.batch_size)
     if log is not None:
-        log.write("eval", steps, {"epoch": epoch, **metrics})
+        log.write("eval", step, {"epoch": epoch, **metrics})
     metrics.update(
         epoch=epoch,
         method=parts.config.method.name,
         dataset=parts.splits.name,
-        eval_split="holdout" if parts.splits.test_is_holdout else "test",
+        eval_split=parts.splits.eval_split,
         num_train=len(parts.splits.train),
         num_test=len(parts.splits.test),
-        clusters=parts.method.data.num_clusters,
+        clusters=parts.eval_clusters,
     )
     write_json(run_dir / "metrics.json", metrics)
     return metrics
 
 
-def _read_run(run_dir: Path) -> tuple[Config, dict[str, Any]]:
-    if not run_dir.is_dir():
-        raise UserError(f"run directory not found: {run_dir}")
-    state = load_checkpoint(run_dir / CHECKPOINT)
-    return validate(state["config"], source=f"config in {run_dir / CHECKPOINT}"), state
-
-
 def load_run(run_dir: Path) -> tuple[Parts, int]:
-    """Rebuild a run's parts from its last checkpoint; returns them and the epoch reached."""
-    config, state = _read_run(run_dir)
-    parts = build_parts(config, normalisation=state["normalisation"])
+    """Rebuild a run's parts (data included) from its last checkpoint, and the epoch reached."""
+    config, state = read_run(run_dir)
+    parts = build_parts(config)
     parts.method.load_state_dict(state["method"])
     return parts, int(state["epoch"])

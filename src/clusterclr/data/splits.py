@@ -17,15 +17,17 @@ class DataSplits:
     """train: what self-supervised training sees (labels unused).
     bank: labelled reference set for kNN and for fitting k-means.
     test: queries for kNN and the split every metric is reported on.
-    test_is_holdout: True when the data set has no test split and ``test``
-    was held out of train (and removed from ``train`` and ``bank``).
+    eval_split: where ``test`` comes from: "test" (the official split),
+    "holdout" (labelled data without a test split: a part of train held out
+    and removed from ``train`` and ``bank``), or "train" (unlabelled data
+    without a test split: nothing can be scored, so nothing is held back).
     """
 
     name: str
     train: ImageDataset
     bank: ImageDataset
     test: ImageDataset
-    test_is_holdout: bool
+    eval_split: str
 
     @property
     def labelled(self) -> bool:
@@ -51,23 +53,30 @@ def holdout_indices(dataset: ImageDataset, fraction: float, seed: int) -> tuple[
     return torch.cat(kept).sort().values, torch.cat(held).sort().values
 
 
-def resize(dataset: ImageDataset, size: int) -> ImageDataset:
+def resize(dataset: ImageDataset, size: int, chunk: int = 1024) -> ImageDataset:
+    """Bilinear (antialiased) resize to size × size, in chunks so only one chunk is ever float."""
     if dataset.image_size == (size, size):
         return dataset
-    images = F.interpolate(dataset.images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return ImageDataset(images.round_().clamp_(0, 255).to(torch.uint8), dataset.labels, dataset.class_names, dataset.sources)
+    images = torch.empty((len(dataset), dataset.channels, size, size), dtype=torch.uint8)
+    for start in range(0, len(dataset), chunk):
+        part = dataset.images[start : start + chunk].float()
+        part = F.interpolate(part, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        images[start : start + chunk] = part.round_().clamp_(0, 255).to(torch.uint8)
+    return ImageDataset(images, dataset.labels, dataset.class_names, dataset.sources)
 
 
 def load_splits(cfg: DataConfig) -> DataSplits:
     raw = load_raw(cfg.dataset, cfg.root, cfg.image_size)
     labelled_train = raw.train
     if raw.test is not None:
-        test, holdout = raw.test, False
+        test, eval_split = raw.test, "test"
+    elif raw.train.labels is None:
+        test, eval_split = raw.train, "train"
     else:
         kept, held = holdout_indices(raw.train, cfg.holdout_fraction, cfg.split_seed)
-        labelled_train, test, holdout = raw.train.subset(kept), raw.train.subset(held), True
+        labelled_train, test, eval_split = raw.train.subset(kept), raw.train.subset(held), "holdout"
     train = labelled_train if raw.unlabeled is None else concat([labelled_train, raw.unlabeled])
     splits = [train, labelled_train, test]
     if cfg.image_size is not None:
         splits = [resize(d, cfg.image_size) for d in splits]
-    return DataSplits(cfg.dataset, *splits, test_is_holdout=holdout)
+    return DataSplits(cfg.dataset, *splits, eval_split=eval_split)

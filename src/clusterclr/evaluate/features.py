@@ -38,8 +38,9 @@ def embed_dataset(
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast:
-                features.append(method.embed(x).float().cpu())
-                p = method.cluster_probabilities(x)
+                h = method.embed(x)
+                p = method.cluster_probabilities(h)
+            features.append(h.float().cpu())
             if p is not None:
                 probabilities.append(p.float().cpu())
     finally:

@@ -12,13 +12,19 @@ import torch
 import torch.nn.functional as F
 
 from clusterclr.build import Parts
+from clusterclr.clustering.kmeans import KMeansResult, assign, kmeans
 from clusterclr.config import EvalConfig
 from clusterclr.evaluate.features import embed_dataset
-from clusterclr.evaluate.kmeans import assign, kmeans
 from clusterclr.evaluate.knn import knn_accuracy
 from clusterclr.evaluate.metrics import clustering_scores
 
 HEADLINE_KEYS = ("knn_acc", "kmeans_nmi", "kmeans_acc", "kmeans_ari", "head_nmi", "head_acc", "head_ari")
+
+
+def cluster_features(features: torch.Tensor, clusters: int, cfg: EvalConfig, seed: int) -> KMeansResult:
+    """k-means on L2-normalised features, as every evaluation and export does it."""
+    normalised = F.normalize(features.float(), dim=1).numpy()
+    return kmeans(normalised, clusters, seed=seed, niter=cfg.kmeans_iterations, restarts=cfg.kmeans_restarts)
 
 
 def evaluate_features(
@@ -29,15 +35,14 @@ def evaluate_features(
     clusters: int,
     cfg: EvalConfig,
     seed: int = 0,
-) -> dict[str, float | None]:
+) -> dict[str, float | int | None]:
     """kNN accuracy and k-means NMI/ACC/ARI; None where labels are missing."""
-    bank, test = F.normalize(bank.float(), dim=1), F.normalize(test.float(), dim=1)
-    result: dict[str, float | None] = {"knn_acc": None, "knn_top5": None}
+    result: dict[str, float | int | None] = {"knn_acc": None, "knn_top5": None}
     if bank_labels is not None and test_labels is not None:
         knn = knn_accuracy(bank, bank_labels, test, test_labels, k=cfg.knn_k, temperature=cfg.knn_temperature)
         result.update(knn_acc=knn["top1"], knn_top5=knn["top5"])
-    fitted = kmeans(bank.numpy(), clusters, seed=seed, niter=cfg.kmeans_iterations, restarts=cfg.kmeans_restarts)
-    predicted = assign(test.numpy(), fitted.centroids)
+    fitted = cluster_features(bank, clusters, cfg, seed)
+    predicted = assign(F.normalize(test.float(), dim=1).numpy(), fitted.centroids)
     result.update(_scores("kmeans", test_labels, predicted))
     result["kmeans_empty_clusters"] = int(clusters - len(np.unique(fitted.assignments)))
     return result
@@ -50,7 +55,7 @@ def _scores(prefix: str, labels: torch.Tensor | None, predicted: np.ndarray) -> 
     return {f"{prefix}_{name}": value for name, value in scores.items()}
 
 
-def evaluate_parts(parts: Parts) -> dict[str, float | None]:
+def evaluate_parts(parts: Parts) -> dict[str, float | int | None]:
     """Evaluate the method ``parts`` holds on its data."""
     cfg, splits = parts.config, parts.splits
     common = dict(
@@ -64,8 +69,7 @@ def evaluate_parts(parts: Parts) -> dict[str, float | None]:
     bank = embed_dataset(dataset=splits.bank, **common)
     test = embed_dataset(dataset=splits.test, **common)
     result = evaluate_features(
-        bank.features, splits.bank.labels, test.features, splits.test.labels,
-        parts.method.data.num_clusters, cfg.eval, seed=cfg.seed,
+        bank.features, splits.bank.labels, test.features, splits.test.labels, parts.eval_clusters, cfg.eval, seed=cfg.seed
     )
     if test.cluster_probabilities is not None:
         result.update(_scores("head", splits.test.labels, test.cluster_probabilities.argmax(1).numpy()))

@@ -1,3 +1,3 @@
 """Training methods; importing this package registers the built-in ones."""
 
-from clusterclr.methods import simclr  # noqa: F401
+from clusterclr.methods import byol, moco_v2, simclr, simsiam  # noqa: F401

@@ -30,7 +30,9 @@ class DataInfo:
     """What a method may need to know about its training data."""
 
     num_images: int
-    num_clusters: int | None
+    num_classes: int | None  # None for unlabelled data; never used for training
+    channels: int
+    image_size: tuple[int, int]
 
 
 @dataclass
@@ -70,8 +72,8 @@ class Method(nn.Module):
         return self.backbone(images)
 
     @torch.no_grad()
-    def cluster_probabilities(self, images: torch.Tensor) -> torch.Tensor | None:
-        """Soft cluster assignments (N × K) for methods that own a cluster head, else None."""
+    def cluster_probabilities(self, features: torch.Tensor) -> torch.Tensor | None:
+        """Soft cluster assignments (N × K) from ``embed``'s features, for methods that own a cluster head."""
         return None
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from pydantic import PositiveFloat, PositiveInt
 
-from clusterclr.losses.nt_xent import nt_xent
+from clusterclr.losses.contrastive import nt_xent
 from clusterclr.methods.base import Batch, DataInfo, Method, MethodOptions, StepOutput, normalised_std
 from clusterclr.methods.registry import register_method
 from clusterclr.models.backbones import ResNet
-from clusterclr.models.heads import ProjectionHead
+from clusterclr.models.heads import MLPHead
 from clusterclr.positives.views import same_image
 
 
@@ -28,7 +28,7 @@ class SimCLR(Method):
 
     def __init__(self, backbone: ResNet, options: SimCLROptions, data: DataInfo) -> None:
         super().__init__(backbone, options, data)
-        self.projector = ProjectionHead(backbone.feature_dim, options.projection_hidden_dim, options.projection_dim)
+        self.projector = MLPHead(backbone.feature_dim, options.projection_hidden_dim, options.projection_dim)
 
     def training_step(self, batch: Batch) -> StepOutput:
         # One forward pass over all views, so batch norm sees them together as in the paper.

@@ -16,3 +16,11 @@ def same_image(num_images: int, num_views: int, device: torch.device | None = No
     mask = image_of_row[:, None] == image_of_row[None, :]
     mask.fill_diagonal_(False)
     return mask
+
+
+def own_key(num_queries: int, num_candidates: int, device: torch.device | None = None) -> torch.Tensor:
+    """MoCo's positive mask: query i against [the batch's keys; the queue] has only key i."""
+    mask = torch.zeros(num_queries, num_candidates, dtype=torch.bool, device=device)
+    rows = torch.arange(num_queries, device=device)
+    mask[rows, rows] = True
+    return mask

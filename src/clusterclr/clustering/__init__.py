@@ -1,0 +1,1 @@
+"""Clustering used for evaluation and, by clustering methods, during training."""

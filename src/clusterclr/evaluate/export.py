@@ -1,0 +1,93 @@
+"""Embeddings and cluster assignments of a data set, written for people and other tools."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clusterclr.build import Model, resolve_clusters
+from clusterclr.data.base import ImageDataset, concat
+from clusterclr.data.registry import load_raw
+from clusterclr.data.splits import resize
+from clusterclr.errors import UserError
+from clusterclr.evaluate.features import embed_dataset
+from clusterclr.evaluate.protocol import cluster_features
+from clusterclr.io import atomic_write, write_text
+
+SPLITS = ("train", "test", "unlabeled")
+
+
+@dataclass
+class Written:
+    features: str  # "N×D"
+    clusters: int
+    csv: Path
+
+
+def _chosen_splits(dataset: str, root: str | None, split: str, model: Model) -> list[tuple[str, ImageDataset]]:
+    """The requested splits in file order, at the resolution and channels the model was trained on."""
+    height, width = model.method.data.image_size
+    raw = load_raw(dataset, root, height if height == width else None)
+    available = {"train": raw.train, "test": raw.test, "unlabeled": raw.unlabeled}
+    names = SPLITS if split == "all" else (split,)
+    chosen = [(name, available[name]) for name in names if available[name] is not None]
+    if not chosen:
+        raise UserError(f"data set '{dataset}' has no {split} split")
+    channels = model.method.data.channels
+    for name, part in chosen:
+        if part.channels != channels:
+            raise UserError(f"the run was trained on {channels}-channel images; {dataset} {name} has {part.channels}")
+    if height == width:
+        chosen = [(name, resize(part, height)) for name, part in chosen]
+    return chosen
+
+
+def embed_to_files(model: Model, dataset: str, root: str | None, split: str, out: Path, clusters: int | None) -> Written:
+    """Write ``out`` (.npy, N × D float32 backbone features) and a CSV beside it.
+
+    CSV columns: split, index (the row within that split, in file order),
+    source (file path, for folders), label (if known), cluster (k-means on
+    the L2-normalised features), and, for methods with a cluster head,
+    head_cluster and head_confidence.
+    """
+    chosen = _chosen_splits(dataset, root, split, model)
+    data = concat([part for _, part in chosen])
+    k = resolve_clusters(
+        clusters if clusters is not None else model.config.eval.clusters,
+        model.method.data.num_classes,
+        len(data),
+        f"the {len(data)} images to embed",
+    )
+    cfg = model.config
+    embeddings = embed_dataset(
+        model.method, model.views, data, model.device, cfg.eval.batch_size, model.autocast_dtype, cfg.train.channels_last
+    )
+    assignments = cluster_features(embeddings.features, k, cfg.eval, cfg.seed).assignments
+    features = embeddings.features.numpy().astype(np.float32)
+    atomic_write(out, lambda f: np.save(f, features))
+
+    probabilities = embeddings.cluster_probabilities
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["split", "index", "source", "label", "cluster"] + (["head_cluster", "head_confidence"] if probabilities is not None else []))
+    row = 0
+    for name, part in chosen:
+        for i in range(len(part)):
+            fields = [
+                name,
+                i,
+                "" if part.sources is None else part.sources[i],
+                "" if part.labels is None else int(part.labels[i]),
+                int(assignments[row]),
+            ]
+            if probabilities is not None:
+                confidence, cluster = probabilities[row].max(0)
+                fields += [int(cluster), f"{float(confidence):.4f}"]
+            writer.writerow(fields)
+            row += 1
+    csv_path = write_text(out.with_suffix(".csv"), buffer.getvalue())
+    return Written(f"{features.shape[0]}×{features.shape[1]}", k, csv_path)

@@ -1,0 +1,1 @@
+"""State kept across steps: queues of keys, memory banks of features."""

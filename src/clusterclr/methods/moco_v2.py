@@ -1,0 +1,72 @@
+"""MoCo v2 (Chen et al., 2020): queries against a momentum key encoder's keys and a queue."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, PositiveFloat, PositiveInt
+
+from clusterclr.losses.contrastive import info_nce
+from clusterclr.memory.queue import KeyQueue
+from clusterclr.methods.base import Batch, DataInfo, Method, MethodOptions, StepOutput, normalised_std
+from clusterclr.methods.registry import register_method
+from clusterclr.models.backbones import ResNet
+from clusterclr.models.heads import MLPHead
+from clusterclr.models.momentum import MomentumEncoder, momentum_at
+from clusterclr.models.split_batch import forward_in_groups
+from clusterclr.positives.views import own_key
+
+
+class MoCoV2Options(MethodOptions):
+    temperature: PositiveFloat = 0.2
+    queue_size: PositiveInt = 65536
+    momentum: float = Field(0.999, ge=0, le=1)
+    momentum_schedule: Literal["constant", "cosine"] = "constant"
+    projection_hidden_dim: PositiveInt = 2048
+    projection_dim: PositiveInt = 128
+    # Both views serve as query and as key (MoCo v2+ / v3); keys of both enter the queue.
+    symmetric: bool = False
+    # Shuffle-BN on one device: batch norm over this many sub-batches (see models/split_batch.py).
+    bn_groups: PositiveInt = 2
+
+
+@register_method
+class MoCoV2(Method):
+    """MoCo v2: InfoNCE of each query against its momentum key (positive) and a queue of past keys."""
+
+    name = "moco_v2"
+    Options = MoCoV2Options
+
+    def __init__(self, backbone: ResNet, options: MoCoV2Options, data: DataInfo) -> None:
+        super().__init__(backbone, options, data)
+        self.projector = MLPHead(backbone.feature_dim, options.projection_hidden_dim, options.projection_dim, hidden_bn=False)
+        self.key_encoder = MomentumEncoder(self.backbone, self.projector)
+        self.queue = KeyQueue(options.queue_size, options.projection_dim)
+        self._new_keys: torch.Tensor | None = None
+
+    def _query(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.backbone(x))
+
+    def training_step(self, batch: Batch) -> StepOutput:
+        o = self.options
+        first, second = batch.views
+        pairs = [(first, second), (second, first)] if o.symmetric else [(first, second)]
+        losses, keys = [], []
+        for query_view, key_view in pairs:
+            q = forward_in_groups(self._query, query_view, o.bn_groups, shuffle=False)
+            k = forward_in_groups(self.key_encoder, key_view, o.bn_groups, shuffle=True)
+            candidates = torch.cat([k, self.queue.keys()])
+            losses.append(info_nce(q, candidates, own_key(len(q), len(candidates), q.device), o.temperature))
+            keys.append(k)
+        # Enqueued after the optimiser step: this batch's keys are positives now, negatives only later.
+        self._new_keys = torch.cat(keys)
+        loss = torch.stack(losses).mean()
+        return StepOutput(loss, {"loss": loss.detach(), "output_std": normalised_std(q)})
+
+    def after_optimizer_step(self, progress: float) -> None:
+        momentum = momentum_at(self.options.momentum, progress, self.options.momentum_schedule)
+        self.key_encoder.update(self.backbone, self.projector, momentum=momentum)
+        if self._new_keys is not None:
+            self.queue.enqueue(self._new_keys)
+            self._new_keys = None
