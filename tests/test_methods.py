@@ -66,3 +66,25 @@ def test_moco_queue_never_holds_the_current_batch_keys():
         method.after_optimizer_step(0.0)
         assert len(method.queue.keys()) == len(before) + 16
         assert torch.allclose(method.queue.keys()[-16:], new_keys)
+
+
+@pytest.mark.parametrize("method", sorted(SMALL_HEADS))
+def test_every_method_trains_on_rgb_npz_data(method, tmp_path):
+    import numpy as np
+
+    generator = np.random.default_rng(0)
+    path = tmp_path / "data.npz"
+    np.savez(path, x=generator.integers(0, 256, (48, 12, 12, 3), dtype=np.uint8), y=np.arange(48) % 3)
+    config = build_config(
+        flags={"method.name": method, "train.epochs": 2, "data.dataset": "npz", "data.root": str(path)},
+        overrides=TINY + SMALL_HEADS[method] + ["optim.batch_size=16"],
+    )
+    metrics = start_run(config, tmp_path / "run")
+    assert metrics["num_train"] == 48 - 3 * 3 and metrics["eval_split"] == "holdout"  # 3 of 16 per class held out
+    assert 0.0 <= metrics["kmeans_nmi"] <= 1.0
+
+
+def test_moco_warns_when_its_queue_outgrows_the_data():
+    config = build_config(flags={"method.name": "moco_v2"}, overrides=TINY + ["method.queue_size=4096"])
+    with pytest.warns(UserWarning, match="queue_size=4096 is not below the 1438 training images"):
+        build_parts(config)

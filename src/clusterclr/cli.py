@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # Users act on the message; the library's file and line number are noise to them.
+    print(f"clusterclr: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         return args.handler(args)
     except UserError as err:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
@@ -40,6 +41,12 @@ class MoCoV2(Method):
 
     def __init__(self, backbone: ResNet, options: MoCoV2Options, data: DataInfo) -> None:
         super().__init__(backbone, options, data)
+        if options.queue_size >= data.num_images:
+            warnings.warn(
+                f"method.queue_size={options.queue_size} is not below the {data.num_images} training images: the queue "
+                f"will hold older keys of a query's own image as negatives; consider method.queue_size={data.num_images // 4}",
+                stacklevel=2,
+            )
         self.projector = MLPHead(backbone.feature_dim, options.projection_hidden_dim, options.projection_dim, hidden_bn=False)
         self.key_encoder = MomentumEncoder(self.backbone, self.projector)
         self.queue = KeyQueue(options.queue_size, options.projection_dim)
