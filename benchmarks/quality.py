@@ -13,7 +13,6 @@ command, date and machine.
 from __future__ import annotations
 
 import argparse
-import platform
 import shlex
 import statistics
 import sys
@@ -21,14 +20,13 @@ import time
 from datetime import date
 from pathlib import Path
 
-import torch
-
 from clusterclr.build import resolve_clusters
 from clusterclr.config import build_config, read_yaml
 from clusterclr.data.splits import load_splits
 from clusterclr.errors import UserError
 from clusterclr.evaluate.protocol import evaluate_features
 from clusterclr.train import start_run
+from machine import machine
 
 COLUMNS = ("knn_acc", "kmeans_nmi", "kmeans_acc", "kmeans_ari")
 HEADERS = ("kNN", "NMI", "ACC", "ARI")
@@ -67,18 +65,6 @@ def summarise(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def main() -> int:
