@@ -35,8 +35,6 @@ from pydantic import (
 
 from clusterclr.errors import UserError
 
-UnitInterval = tuple[float, float]
-
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -62,7 +60,7 @@ class AugmentConfig(_Section):
     """``preset`` picks a recipe (see ``clusterclr.augment``); any field set here overrides it."""
 
     preset: Literal["auto", "small", "cifar", "imagenet"] = "auto"
-    crop_scale: UnitInterval | None = None
+    crop_scale: tuple[float, float] | None = None
     crop_ratio: tuple[PositiveFloat, PositiveFloat] | None = None
     flip_prob: float | None = Field(None, ge=0, le=1)
     jitter_prob: float | None = Field(None, ge=0, le=1)
