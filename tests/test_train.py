@@ -134,3 +134,16 @@ def test_unlabelled_folder_end_to_end(tmp_path):
     rows = out.with_suffix(".csv").read_text().splitlines()[1:]
     assert len(rows) == 40 and rows[0].split(",")[2].endswith("img_00.png")
     assert {int(r.split(",")[4]) for r in rows} <= {0, 1, 2}
+
+
+def test_reloaded_runs_normalise_as_the_checkpoint_says(tmp_path):
+    from clusterclr.build import load_model
+    from clusterclr.train import load_run
+
+    run = tmp_path / "run"
+    start_run(tiny_config(1), run)
+    state = torch.load(run / CHECKPOINT, weights_only=True)
+    state["normalisation"] = {"mean": [0.25], "std": [0.5]}
+    torch.save(state, run / CHECKPOINT)
+    for model in (load_run(run)[0], load_model(run)[0]):
+        assert model.views.mean.flatten().tolist() == [0.25] and model.views.std.flatten().tolist() == [0.5]

@@ -100,7 +100,8 @@ def build_model(config: Config, data: DataInfo, normalisation: dict[str, list[fl
     return Model(config, device, select_precision(config.train.precision, device), views, method, normalisation)
 
 
-def build_parts(config: Config) -> Parts:
+def build_parts(config: Config, normalisation: dict[str, list[float]] | None = None) -> Parts:
+    """Data and model for ``config``; ``normalisation`` comes from a checkpoint when continuing a run."""
     if config.train.num_threads is not None:
         torch.set_num_threads(config.train.num_threads)
     splits = load_splits(config.data)
@@ -108,9 +109,11 @@ def build_parts(config: Config) -> Parts:
     if len(train) < config.optim.batch_size:
         raise UserError(f"the training split has {len(train)} images, fewer than optim.batch_size={config.optim.batch_size}")
     eval_clusters = resolve_clusters(config.eval.clusters, splits.num_classes, len(splits.bank), f"data set '{splits.name}'")
-    mean, std = channel_stats(train.images)
+    if normalisation is None:
+        mean, std = channel_stats(train.images)
+        normalisation = {"mean": list(mean), "std": list(std)}
     data = DataInfo(len(train), splits.num_classes, train.channels, train.image_size)
-    model = build_model(config, data, {"mean": list(mean), "std": list(std)})
+    model = build_model(config, data, normalisation)
     return Parts(**vars(model), splits=splits, eval_clusters=eval_clusters)
 
 

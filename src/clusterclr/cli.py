@@ -53,8 +53,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     parts, epoch = load_run(run_dir)
     print(f"evaluating {run_dir} at epoch {epoch}/{parts.config.train.epochs}", file=sys.stderr)
-    steps = epoch * (len(parts.splits.train) // parts.config.optim.batch_size)
-    print(metrics_table(finish(parts, run_dir, epoch, steps)))
+    print(metrics_table(finish(parts, run_dir, epoch)))
     return 0
 
 

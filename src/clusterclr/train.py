@@ -162,7 +162,7 @@ def resume_run(run_dir: Path) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its last checkpoint, exactly as if it had not stopped."""
     config, state = read_run(run_dir)
     torch.manual_seed(config.seed)
-    trainer = Trainer(build_parts(config), run_dir)
+    trainer = Trainer(build_parts(config, state["normalisation"]), run_dir)
     trainer.load(state)
     return _train(trainer)
 
@@ -172,16 +172,16 @@ def _train(trainer: Trainer) -> dict[str, Any]:
     log = RunLog(trainer.run_dir, keep_until_step=trainer.step)
     try:
         trainer.fit(log)
-        return finish(trainer.parts, trainer.run_dir, trainer.epoch, trainer.step, log)
+        metrics = finish(trainer.parts, trainer.run_dir, trainer.epoch)
+        log.write("eval", trainer.step, metrics)
+        return metrics
     finally:
         log.close()
 
 
-def finish(parts: Parts, run_dir: Path, epoch: int, step: int, log: RunLog | None = None) -> dict[str, Any]:
-    """Final evaluation of ``parts``: metrics.json (atomic) and, if given, a log line."""
+def finish(parts: Parts, run_dir: Path, epoch: int) -> dict[str, Any]:
+    """Final evaluation of ``parts`` at ``epoch``, written to metrics.json (atomically)."""
     metrics: dict[str, Any] = evaluate_parts(parts)
-    if log is not None:
-        log.write("eval", step, {"epoch": epoch, **metrics})
     metrics.update(
         epoch=epoch,
         method=parts.config.method.name,
@@ -198,6 +198,6 @@ def finish(parts: Parts, run_dir: Path, epoch: int, step: int, log: RunLog | Non
 def load_run(run_dir: Path) -> tuple[Parts, int]:
     """Rebuild a run's parts (data included) from its last checkpoint, and the epoch reached."""
     config, state = read_run(run_dir)
-    parts = build_parts(config)
+    parts = build_parts(config, state["normalisation"])
     parts.method.load_state_dict(state["method"])
     return parts, int(state["epoch"])
