@@ -14,6 +14,7 @@ Presets follow image resolution (``preset: auto``):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import kornia.augmentation as K
@@ -107,6 +108,14 @@ class ViewMaker(nn.Module):
     def clean(self, images: torch.Tensor) -> torch.Tensor:
         """The non-augmented view: only scaled and normalised."""
         return self._normalise(self._to_unit(images))
+
+    def clean_batches(
+        self, images: torch.Tensor, batch_size: int, device: torch.device, channels_last: bool = False
+    ) -> Iterator[torch.Tensor]:
+        """Clean views of host-side uint8 ``images``, ``batch_size`` at a time, on ``device``."""
+        for start in range(0, len(images), batch_size):
+            x = self.clean(images[start : start + batch_size].to(device, non_blocking=True))
+            yield x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, num_views: int = 2) -> list[torch.Tensor]:

@@ -18,13 +18,17 @@ class RunLog:
         """Append to the run's log; lines past ``keep_until_step`` are dropped first (a resumed run redoes them)."""
         self.path = run_dir / "metrics.jsonl"
         if keep_until_step is not None and self.path.exists():
-            kept = [r for r in read_log(run_dir) if r["step"] <= keep_until_step]
+            # "method" lines at the boundary step open the next epoch, which the resumed run redoes.
+            kept = [
+                r for r in read_log(run_dir)
+                if r["step"] < keep_until_step or (r["step"] == keep_until_step and r["kind"] != "method")
+            ]
             write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = self.path.open("a", encoding="utf-8")
         self._tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=keep_until_step)
 
     def write(self, kind: str, step: int, values: dict[str, Any]) -> None:
-        """Append ``values`` for ``kind`` (step / epoch / eval) at global ``step``."""
+        """Append ``values`` for ``kind`` (step / epoch / eval / method) at global ``step``."""
         record = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
         self._file.write(json.dumps(record) + "\n")
         # Flushed per line so an interrupted run keeps everything logged so far.

@@ -1,8 +1,9 @@
 """The training loop, shared by every method.
 
-Each epoch: reseed from (seed, epoch), shuffle, and for each batch move the
-uint8 images to the device, make the method's views, ask the method for its
-loss, and step. Reseeding per epoch is what makes ``--resume`` exact: a run
+Each epoch: let the method do its whole-data-set work (``on_epoch_start``),
+reseed from (seed, epoch), ask the method for the epoch's order, and for
+each batch move the uint8 images to the device, make the method's views, ask
+the method for its loss, and step. Reseeding per epoch is what makes ``--resume`` exact: a run
 resumed from an epoch-boundary checkpoint draws the same batches and the
 same augmentations as one that never stopped.
 """
@@ -24,7 +25,7 @@ from clusterclr.config import Config
 from clusterclr.errors import UserError
 from clusterclr.evaluate.protocol import evaluate_parts
 from clusterclr.io import save_checkpoint, write_json, write_text
-from clusterclr.methods.base import Batch
+from clusterclr.methods.base import Batch, TrainingImages
 from clusterclr.optim import build_optimizer, lr_at, peak_lr
 from clusterclr.runlog import RunLog
 
@@ -45,6 +46,15 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * self.config.train.epochs
         self.warmup_steps = round(self.config.optim.warmup_epochs * self.steps_per_epoch)
         self.epoch = 0  # epochs completed
+        self.training_images = TrainingImages(
+            parts.splits.train.images,
+            parts.splits.train.labels,
+            parts.views,
+            parts.device,
+            self.config.eval.batch_size,
+            parts.autocast_dtype,
+            self.config.train.channels_last,
+        )
 
     @property
     def step(self) -> int:
@@ -87,8 +97,12 @@ class Trainer:
         )
         self.method.train()
         while self.epoch < cfg.train.epochs:
+            method_logs = self.method.on_epoch_start(self.epoch, self.training_images)
+            if method_logs:
+                bar.clear()
+                log.write("method", self.step, {"epoch": self.epoch, **method_logs})
             torch.manual_seed(epoch_seed(cfg.seed, self.epoch))
-            order = torch.randperm(len(train))
+            order = self.method.epoch_order()
             epoch_start, epoch_loss = time.perf_counter(), torch.zeros((), device=device)
             for i in range(self.steps_per_epoch):
                 step = self.step + i

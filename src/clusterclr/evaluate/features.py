@@ -33,10 +33,7 @@ def embed_dataset(
     features, probabilities = [], []
     autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     try:
-        for start in range(0, len(dataset), batch_size):
-            x = views.clean(dataset.images[start : start + batch_size].to(device, non_blocking=True))
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+        for x in views.clean_batches(dataset.images, batch_size, device, channels_last):
             with autocast:
                 h = method.embed(x)
                 p = method.cluster_probabilities(h)

@@ -4,18 +4,26 @@ The training loop knows nothing else about a method. A method owns its
 networks (backbone plus heads), says how many augmented views it needs and
 whether it wants the clean view, and may keep state between steps (momentum
 encoders, queues, memory banks) through ``after_optimizer_step``.
+
+Work that needs the whole training set (k-means for cluster centres or a
+memory bank, mining semantic partners) happens in ``on_epoch_start``, which
+sees every clean training image through ``TrainingImages``. Whatever it
+computes must live in buffers, so a checkpoint carries it and a resumed run
+does not redo it with different weights.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from clusterclr.augment import ViewMaker
 from clusterclr.models.backbones import ResNet
 
 
@@ -43,6 +51,48 @@ class Batch:
 
 
 @dataclass
+class TrainingImages:
+    """The training set as a method sees it between epochs: clean views, encoded on demand.
+
+    ``labels`` serve diagnostics only (pair precision, pseudo-label NMI);
+    no method may let them into a loss.
+    """
+
+    images: torch.Tensor  # uint8 N×C×H×W on the host, rows in training-set order
+    labels: torch.Tensor | None
+    views: ViewMaker
+    device: torch.device
+    batch_size: int
+    autocast_dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @torch.no_grad()
+    def encode(self, encoder: Callable[[torch.Tensor], torch.Tensor], *modules: nn.Module) -> torch.Tensor:
+        """``encoder`` over the clean view of every image, in order: N × D float32 on the device.
+
+        ``modules`` (those ``encoder`` runs) are put in eval mode for the pass
+        and restored afterwards, so batch norm uses its running statistics and
+        nothing about training changes.
+        """
+        modes = [m.training for m in modules]
+        for m in modules:
+            m.eval()
+        autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+        try:
+            chunks = []
+            for x in self.views.clean_batches(self.images, self.batch_size, self.device, self.channels_last):
+                with autocast:
+                    chunks.append(encoder(x).float())
+            return torch.cat(chunks)
+        finally:
+            for m, mode in zip(modules, modes):
+                m.train(mode)
+
+
+@dataclass
 class StepOutput:
     loss: torch.Tensor
     logs: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -65,6 +115,18 @@ class Method(nn.Module):
 
     def after_optimizer_step(self, progress: float) -> None:
         """Hook for state that follows the weights (EMA, queues); ``progress`` runs 0 → 1 over training."""
+
+    def on_epoch_start(self, epoch: int, images: TrainingImages) -> dict[str, Any]:
+        """Work over the whole training set before epoch ``epoch`` (0-based); returns values to log.
+
+        Must be deterministic (seed any randomness from ``epoch``): a resumed
+        run calls it again at the same epochs.
+        """
+        return {}
+
+    def epoch_order(self) -> torch.Tensor:
+        """The order an epoch visits the training images in, drawn from the global RNG."""
+        return torch.randperm(self.data.num_images)
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
