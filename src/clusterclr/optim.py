@@ -52,12 +52,18 @@ class LARS(torch.optim.Optimizer):
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: bool) -> list[dict]:
-    """Split parameters so biases and normalisation weights can skip decay (and LARS)."""
+    """Split parameters so biases and normalisation weights can skip decay (and LARS).
+
+    A model may name parameters that never decay whatever the config says
+    (``parameters_without_weight_decay()``, e.g. cluster centres, which decay
+    would drag towards the origin).
+    """
+    exempt = {id(p) for p in getattr(model, "parameters_without_weight_decay", list)()}
     decay, no_decay = [], []
     for param in model.parameters():
         if not param.requires_grad:
             continue
-        (no_decay if exclude_bias_and_norm and param.ndim <= 1 else decay).append(param)
+        (no_decay if id(param) in exempt or (exclude_bias_and_norm and param.ndim <= 1) else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0, "lars_exclude": True})

@@ -54,6 +54,7 @@ class Trainer:
             self.config.eval.batch_size,
             parts.autocast_dtype,
             self.config.train.channels_last,
+            self.config.seed,
         )
 
     @property

@@ -7,6 +7,9 @@ the data k-means is fitted on; every score is reported on the test split
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -73,4 +76,25 @@ def evaluate_parts(parts: Parts) -> dict[str, float | int | None]:
     )
     if test.cluster_probabilities is not None:
         result.update(_scores("head", splits.test.labels, test.cluster_probabilities.argmax(1).numpy()))
+        result.update(head_cluster_sizes(bank.cluster_probabilities))
     return result
+
+
+def head_cluster_sizes(probabilities: torch.Tensor) -> dict[str, Any]:
+    """How a cluster head spreads images over its clusters, with a warning when it has collapsed.
+
+    Collapse (every image in a few clusters) is the failure users of
+    clustering heads meet most; it shows here long before it shows in a loss.
+    """
+    clusters = probabilities.shape[1]
+    sizes = probabilities.argmax(1).bincount(minlength=clusters)
+    empty = int((sizes == 0).sum())
+    largest = float(sizes.max()) / max(1, int(sizes.sum()))
+    if empty or (clusters > 2 and largest > 0.5):
+        warnings.warn(
+            f"the cluster head is collapsing: {empty} of its {clusters} clusters are empty and the largest holds "
+            f"{largest:.0%} of the images; lower optim.lr, raise the weight of the method's cluster-balancing term, "
+            "or check that method.clusters suits the data",
+            stacklevel=2,
+        )
+    return {"head_cluster_sizes": sizes.tolist(), "head_empty_clusters": empty, "head_largest_cluster": round(largest, 4)}

@@ -1,3 +1,4 @@
 """Training methods; importing this package registers the built-in ones."""
 
 from clusterclr.methods import byol, moco_v2, simclr, simsiam  # noqa: F401
+from clusterclr.methods import cc, center_predictor  # noqa: F401

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from clusterclr.augment import ViewMaker
+from clusterclr.errors import UserError
 from clusterclr.models.backbones import ResNet
 
 
@@ -65,21 +66,28 @@ class TrainingImages:
     batch_size: int
     autocast_dtype: torch.dtype | None = None
     channels_last: bool = False
+    seed: int = 0  # the run's seed, for the hooks' own randomness (k-means restarts)
 
     def __len__(self) -> int:
         return len(self.images)
 
     @torch.no_grad()
-    def encode(self, encoder: Callable[[torch.Tensor], torch.Tensor], *modules: nn.Module) -> torch.Tensor:
+    def encode(
+        self, encoder: Callable[[torch.Tensor], torch.Tensor], *modules: nn.Module, batch_statistics: bool = False
+    ) -> torch.Tensor:
         """``encoder`` over the clean view of every image, in order: N × D float32 on the device.
 
-        ``modules`` (those ``encoder`` runs) are put in eval mode for the pass
-        and restored afterwards, so batch norm uses its running statistics and
-        nothing about training changes.
+        ``modules`` (those ``encoder`` runs) are put in eval mode for the pass,
+        so batch norm uses its running statistics. ``batch_statistics=True``
+        keeps them in training mode instead, so features are on the scale the
+        loss sees them during training (which matters before the running
+        statistics have been learnt); their buffers are restored afterwards.
+        Either way nothing about training changes.
         """
         modes = [m.training for m in modules]
+        saved = [{k: v.clone() for k, v in m.named_buffers()} for m in modules] if batch_statistics else []
         for m in modules:
-            m.eval()
+            m.train(batch_statistics)
         autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
         try:
             chunks = []
@@ -90,6 +98,9 @@ class TrainingImages:
         finally:
             for m, mode in zip(modules, modes):
                 m.train(mode)
+            for m, buffers in zip(modules, saved):
+                for name, value in m.named_buffers():
+                    value.copy_(buffers[name])
 
 
 @dataclass
@@ -128,6 +139,10 @@ class Method(nn.Module):
         """The order an epoch visits the training images in, drawn from the global RNG."""
         return torch.randperm(self.data.num_images)
 
+    def parameters_without_weight_decay(self) -> list[nn.Parameter]:
+        """Parameters the optimiser must never decay (learnable cluster centres, prototypes)."""
+        return []
+
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Features used for evaluation and export: the backbone's pooled output."""
@@ -139,6 +154,17 @@ class Method(nn.Module):
         return None
 
 
+def cluster_count(requested: int | None, data: DataInfo) -> int:
+    """The number of clusters a method's head has: ``requested``, else the number of classes."""
+    if requested is None:
+        if data.num_classes is None:
+            raise UserError("the training data has no labels to count clusters from: set method.clusters=K")
+        requested = data.num_classes
+    if requested > data.num_images:
+        raise UserError(f"method.clusters={requested} exceeds the {data.num_images} training images")
+    return requested
+
+
 def normalised_std(z: torch.Tensor) -> torch.Tensor:
     """Collapse diagnostic: per-dimension std of L2-normalised outputs, averaged.
 
@@ -146,3 +172,13 @@ def normalised_std(z: torch.Tensor) -> torch.Tensor:
     point (Chen & He, 2021, Fig. 2).
     """
     return F.normalize(z.detach().float(), dim=1).std(dim=0).mean()
+
+
+def clusters_used(assignments: torch.Tensor) -> torch.Tensor:
+    """Collapse diagnostic for a cluster head: how many of the K clusters are some row's argmax.
+
+    Computed on the device (no host sync), from N × K assignments.
+    """
+    hits = torch.zeros(assignments.shape[1], device=assignments.device)
+    hits.index_fill_(0, assignments.detach().argmax(1), 1.0)
+    return hits.sum()

@@ -1,0 +1,69 @@
+"""Contrastive Clustering (Li et al., AAAI 2021): instance-level and cluster-level contrast."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+
+from clusterclr.losses.cluster_contrast import cluster_contrast
+from clusterclr.losses.contrastive import nt_xent
+from clusterclr.methods.base import (
+    Batch,
+    DataInfo,
+    Method,
+    MethodOptions,
+    StepOutput,
+    cluster_count,
+    clusters_used,
+    normalised_std,
+)
+from clusterclr.methods.registry import register_method
+from clusterclr.models.backbones import ResNet
+from clusterclr.models.cluster_heads import SoftmaxClusterHead
+from clusterclr.models.heads import MLPHead
+from clusterclr.positives.views import same_image
+
+
+class CCOptions(MethodOptions):
+    clusters: int | None = Field(None, ge=2)  # default: the number of classes
+    instance_temperature: PositiveFloat = 0.5
+    cluster_temperature: PositiveFloat = 1.0
+    projection_hidden_dim: PositiveInt = 512
+    projection_dim: PositiveInt = 128
+    cluster_hidden_dim: PositiveInt = 512
+    cluster_weight: NonNegativeFloat = 1.0
+
+
+@register_method
+class ContrastiveClustering(Method):
+    """CC: NT-Xent on instance projections + contrast of the two views' cluster-assignment columns."""
+
+    name = "cc"
+    Options = CCOptions
+
+    def __init__(self, backbone: ResNet, options: CCOptions, data: DataInfo) -> None:
+        super().__init__(backbone, options, data)
+        self.projector = MLPHead(backbone.feature_dim, options.projection_hidden_dim, options.projection_dim, hidden_bn=False)
+        self.cluster_head = SoftmaxClusterHead(
+            backbone.feature_dim, options.cluster_hidden_dim, cluster_count(options.clusters, data)
+        )
+
+    def training_step(self, batch: Batch) -> StepOutput:
+        o = self.options
+        h = self.backbone(torch.cat(batch.views))
+        z = self.projector(h)
+        instance = nt_xent(z, same_image(len(batch.indices), len(batch.views), device=z.device), o.instance_temperature)
+        first, second = self.cluster_head(h).chunk(2)
+        cluster = cluster_contrast(first, second, o.cluster_temperature)
+        loss = instance + o.cluster_weight * cluster
+        return StepOutput(loss, {
+            "loss": loss.detach(),
+            "instance": instance.detach(),
+            "cluster": cluster.detach(),
+            "clusters_used": clusters_used(first),
+            "output_std": normalised_std(z),
+        })
+
+    @torch.no_grad()
+    def cluster_probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        return self.cluster_head(features)

@@ -1,0 +1,103 @@
+"""Joint clustering with a cluster-centre predictor (Sundareswaran et al., 2021, arXiv 2109.12714).
+
+SimCLR's instance loss on two augmented views, plus DEC-style learnable
+cluster centres on the backbone features h: a clustering loss KL(P‖Q) that
+sharpens the clean view's assignments, and an anchor loss that pulls each
+augmented view's assignment towards the clean view's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
+
+from clusterclr.clustering.kmeans import kmeans
+from clusterclr.losses.contrastive import nt_xent
+from clusterclr.losses.dec import anchor_loss, clustering_loss
+from clusterclr.methods.base import (
+    Batch,
+    DataInfo,
+    Method,
+    MethodOptions,
+    StepOutput,
+    TrainingImages,
+    cluster_count,
+    clusters_used,
+    normalised_std,
+)
+from clusterclr.methods.registry import register_method
+from clusterclr.models.backbones import ResNet
+from clusterclr.models.cluster_heads import StudentTCentres
+from clusterclr.models.heads import MLPHead
+from clusterclr.positives.views import same_image
+
+
+class CenterPredictorOptions(MethodOptions):
+    clusters: int | None = Field(None, ge=2)  # default: the number of classes
+    temperature: PositiveFloat = 0.5
+    projection_hidden_dim: PositiveInt = 512
+    projection_dim: PositiveInt = 128
+    student_t_alpha: PositiveFloat = 1.0
+    instance_weight: NonNegativeFloat = 1.0  # α
+    cluster_weight: NonNegativeFloat = 1.0  # β
+    anchor_weight: NonNegativeFloat = 1.0  # γ
+    init_kmeans_restarts: PositiveInt = 5
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> CenterPredictorOptions:
+        if self.instance_weight == self.cluster_weight == self.anchor_weight == 0:
+            raise ValueError("instance_weight, cluster_weight and anchor_weight are all 0: nothing to train")
+        return self
+
+
+@register_method
+class CenterPredictor(Method):
+    """Centre predictor: NT-Xent + DEC clustering loss on the clean view + anchor loss tying augmented views to it."""
+
+    name = "center_predictor"
+    Options = CenterPredictorOptions
+    needs_clean_view = True
+
+    def __init__(self, backbone: ResNet, options: CenterPredictorOptions, data: DataInfo) -> None:
+        super().__init__(backbone, options, data)
+        self.projector = MLPHead(backbone.feature_dim, options.projection_hidden_dim, options.projection_dim)
+        self.centres = StudentTCentres(cluster_count(options.clusters, data), backbone.feature_dim, options.student_t_alpha)
+
+    def on_epoch_start(self, epoch: int, images: TrainingImages) -> dict[str, Any]:
+        if self.centres.initialised:
+            return {}
+        # k-means on the untrained backbone's clean-view features, with batch statistics:
+        # the scale the Student-t kernel will see them at in the first steps.
+        features = images.encode(self.backbone, self.backbone, batch_statistics=True)
+        fitted = kmeans(features.cpu(), len(self.centres.centres), seed=images.seed, restarts=self.options.init_kmeans_restarts)
+        self.centres.initialise(torch.from_numpy(fitted.centroids).to(features.device))
+        sizes = torch.from_numpy(fitted.assignments).bincount(minlength=len(fitted.centroids))
+        return {"centre_init_inertia": fitted.inertia, "centre_init_cluster_sizes": sizes.tolist()}
+
+    def training_step(self, batch: Batch) -> StepOutput:
+        o = self.options
+        augmented = self.backbone(torch.cat(batch.views))
+        clean = self.backbone(batch.clean)
+        z = self.projector(augmented)
+        instance = nt_xent(z, same_image(len(batch.indices), len(batch.views), device=z.device), o.temperature)
+        q_clean = self.centres(clean)
+        clustering = clustering_loss(q_clean)
+        anchor = anchor_loss(q_clean, list(self.centres(augmented).chunk(len(batch.views))))
+        loss = o.instance_weight * instance + o.cluster_weight * clustering + o.anchor_weight * anchor
+        return StepOutput(loss, {
+            "loss": loss.detach(),
+            "instance": instance.detach(),
+            "clustering": clustering.detach(),
+            "anchor": anchor.detach(),
+            "clusters_used": clusters_used(q_clean),
+            "output_std": normalised_std(z),
+        })
+
+    def parameters_without_weight_decay(self) -> list[torch.nn.Parameter]:
+        return [self.centres.centres]
+
+    @torch.no_grad()
+    def cluster_probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        return self.centres(features)
