@@ -2,7 +2,9 @@
 
 Trains each method for each seed from one preset, then prints a table of
 kNN accuracy and k-means NMI / ACC / ARI on the test split (mean ± std over
-seeds, with wall time) beside two baselines, k-means on raw pixels and on a
+seeds, with wall time), plus the cluster head's NMI / ACC / ARI and the
+precision of mined positive pairs for methods that have them, beside two
+baselines, k-means on raw pixels and on a
 randomly initialised backbone, and appends it to BENCHMARKS.md with the
 command, date and machine.
 
@@ -25,11 +27,15 @@ from clusterclr.config import build_config, read_yaml
 from clusterclr.data.splits import load_splits
 from clusterclr.errors import UserError
 from clusterclr.evaluate.protocol import evaluate_features
+from clusterclr.runlog import read_log
 from clusterclr.train import start_run
 from machine import machine
 
 COLUMNS = ("knn_acc", "kmeans_nmi", "kmeans_acc", "kmeans_ari")
 HEADERS = ("kNN", "NMI", "ACC", "ARI")
+# Shown when some row has them: the cluster head's scores, and the label precision of
+# the positive pairs a method mined, as of its last refresh (from its "method" log lines).
+OPTIONAL_COLUMNS = {"head_nmi": "head NMI", "head_acc": "head ACC", "head_ari": "head ARI", "pair_precision": "pair precision"}
 SCORED_ON = {"test": "the test split", "holdout": "the held-out 20% of train (the set has no test split)"}
 
 
@@ -58,10 +64,16 @@ def trained(config_file: str, overrides: list[str], method: str, seed: int, run_
     tree = read_yaml(config_file)
     if tree.get("method", {}).get("name") != method:
         tree["method"] = {"name": method}
-    return start_run(build_config(tree, {"seed": seed}, overrides), run_dir)
+    metrics = start_run(build_config(tree, {"seed": seed}, overrides), run_dir)
+    for record in read_log(run_dir):
+        if record["kind"] == "method" and record.get("pair_precision") is not None:
+            metrics["pair_precision"] = record["pair_precision"]
+    return metrics
 
 
-def summarise(values: list[float]) -> str:
+def summarise(values: list[float | None]) -> str:
+    if any(v is None for v in values):
+        return "–"
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
@@ -106,20 +118,26 @@ def run(args: argparse.Namespace) -> int:
         [(base, m) for m in args.methods] if args.methods
         else [(c, build_config(c, None, args.overrides).method.name) for c in args.config]
     )
+    methods = [m for _, m in rows_to_train]
     for preset, method in rows_to_train:
-        measure(method, lambda s, p=preset, m=method: trained(p, args.overrides, m, s, root / f"{m}-seed{s}"))
+        # Presets that share a method (ablations) are told apart by their file name.
+        label = method if methods.count(method) == 1 else f"{method} ({Path(preset).stem})"
+        run_name = label.replace(" ", "_").replace("(", "").replace(")", "")
+        measure(label, lambda s, p=preset, m=method, r=run_name: trained(p, args.overrides, m, s, root / f"{r}-seed{s}"))
 
     config = build_config(base, None, args.overrides)
     parts_note = (
         f"{config.data.dataset}, {config.model.backbone} ×{config.model.width} ({config.model.stem} stem), "
         f"{config.train.epochs} epochs, batch {config.optim.batch_size}, {config.optim.name} lr {config.optim.lr}"
     )
+    columns = list(COLUMNS) + [k for k in OPTIONAL_COLUMNS if any(r.get(k) is not None for _, rs, _ in rows for r in rs)]
+    headers = list(HEADERS) + [OPTIONAL_COLUMNS[k] for k in columns[len(COLUMNS):]]
     lines = [
-        f"| method | seeds | {' | '.join(HEADERS)} | wall time (s) |",
-        "|---|---|" + "---|" * len(HEADERS) + "---|",
+        f"| method | seeds | {' | '.join(headers)} | wall time (s) |",
+        "|---|---|" + "---|" * len(headers) + "---|",
     ]
     for label, results, seconds in rows:
-        cells = [summarise([r[k] for r in results]) for k in COLUMNS]
+        cells = [summarise([r.get(k) for r in results]) for k in columns]
         lines.append(f"| {label} | {len(results)} | {' | '.join(cells)} | {statistics.mean(seconds):.0f} |")
     table = "\n".join(lines)
     print(table)

@@ -74,7 +74,7 @@ def test_override_values_are_parsed_as_yaml():
 def test_every_shipped_preset_is_valid():
     from pathlib import Path
 
-    presets = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    presets = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
     assert presets, "no presets shipped"
     for preset in presets:
         build_config(preset)
