@@ -4,6 +4,11 @@ SimCLR's instance loss on two augmented views, plus DEC-style learnable
 cluster centres on the backbone features h: a clustering loss KL(P‖Q) that
 sharpens the clean view's assignments, and an anchor loss that pulls each
 augmented view's assignment towards the clean view's.
+
+The paper sets the centres by k-means on the untrained backbone's features.
+``cluster_warmup_epochs`` delays that (and the two cluster losses) until the
+instance loss has shaped the features: centres fitted to random features
+are left behind as the backbone learns, and most of them end up empty.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from clusterclr.clustering.kmeans import kmeans
 from clusterclr.losses.contrastive import nt_xent
@@ -44,6 +49,7 @@ class CenterPredictorOptions(MethodOptions):
     cluster_weight: NonNegativeFloat = 1.0  # β
     anchor_weight: NonNegativeFloat = 1.0  # γ
     init_kmeans_restarts: PositiveInt = 5
+    cluster_warmup_epochs: NonNegativeInt = 0  # instance-only epochs before the centres are set (paper: 0)
 
     @model_validator(mode="after")
     def _some_loss(self) -> CenterPredictorOptions:
@@ -64,25 +70,30 @@ class CenterPredictor(Method):
         super().__init__(backbone, options, data)
         self.projector = MLPHead(backbone.feature_dim, options.projection_hidden_dim, options.projection_dim)
         self.centres = StudentTCentres(cluster_count(options.clusters, data), backbone.feature_dim, options.student_t_alpha)
+        self._clustering: bool | None = None  # mirrors centres.initialised without a host sync per step
 
     def on_epoch_start(self, epoch: int, images: TrainingImages) -> dict[str, Any]:
-        if self.centres.initialised:
+        if self.centres.initialised or epoch < self.options.cluster_warmup_epochs:
             return {}
-        # k-means on the untrained backbone's clean-view features, with batch statistics:
-        # the scale the Student-t kernel will see them at in the first steps.
+        # k-means on the clean-view features, with batch statistics: the scale the
+        # Student-t kernel sees them at in training steps.
         features = images.encode(self.backbone, self.backbone, batch_statistics=True)
         fitted = kmeans(features.cpu(), len(self.centres.centres), seed=images.seed, restarts=self.options.init_kmeans_restarts)
         self.centres.initialise(torch.from_numpy(fitted.centroids).to(features.device))
+        self._clustering = True
         sizes = torch.from_numpy(fitted.assignments).bincount(minlength=len(fitted.centroids))
         return {"centre_init_inertia": fitted.inertia, "centre_init_cluster_sizes": sizes.tolist()}
 
     def training_step(self, batch: Batch) -> StepOutput:
         o = self.options
         augmented = self.backbone(torch.cat(batch.views))
-        clean = self.backbone(batch.clean)
         z = self.projector(augmented)
         instance = nt_xent(z, same_image(len(batch.indices), len(batch.views), device=z.device), o.temperature)
-        q_clean = self.centres(clean)
+        if self._clustering is None:
+            self._clustering = bool(self.centres.initialised)
+        if not self._clustering:
+            return StepOutput(instance, {"loss": instance.detach(), "output_std": normalised_std(z)})
+        q_clean = self.centres(self.backbone(batch.clean))
         clustering = clustering_loss(q_clean)
         anchor = anchor_loss(q_clean, list(self.centres(augmented).chunk(len(batch.views))))
         loss = o.instance_weight * instance + o.cluster_weight * clustering + o.anchor_weight * anchor
@@ -99,5 +110,6 @@ class CenterPredictor(Method):
         return [self.centres.centres]
 
     @torch.no_grad()
-    def cluster_probabilities(self, features: torch.Tensor) -> torch.Tensor:
-        return self.centres(features)
+    def cluster_probabilities(self, features: torch.Tensor) -> torch.Tensor | None:
+        # Centres are set at the start of the first epoch; a run stopped before it has no head yet.
+        return self.centres(features) if self.centres.initialised else None
