@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+from clusterclr.methods.registry import method_summaries
+
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "clusterclr", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
@@ -53,7 +55,9 @@ def test_resume_refuses_conflicting_flags(tmp_path):
 def test_methods_and_datasets_are_listed():
     methods = run_cli("methods")
     assert methods.returncode == 0
-    assert [line.split()[0] for line in methods.stdout.splitlines()] == ["byol", "moco_v2", "simclr", "simsiam"]
+    listed = [line.split()[0] for line in methods.stdout.splitlines()]
+    assert listed == sorted(method_summaries())
+    assert {"simclr", "moco_v2", "simsiam", "byol", "center_predictor", "cc"} <= set(listed)
     datasets = run_cli("datasets").stdout
     for name in ("digits", "cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "folder", "npz"):
         assert name in datasets

@@ -271,8 +271,10 @@ def test_folder_class_tree_in_mixed_modes(tmp_path: Path) -> None:
     (tmp_path / "dog" / "f_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     (tmp_path / "dog" / "notes.txt").write_text("ignored")
 
-    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image.*f_corrupt.png"):
-        splits = load_raw("folder", tmp_path, image_size=8)
+    with pytest.raises(UserError, match=r"cannot use .*f_corrupt.png: Truncated File Read; .*data.skip_bad=true"):
+        load_raw("folder", tmp_path, image_size=8)
+    splits = load_raw("folder", tmp_path, image_size=8, skip_bad=True)
+    assert [Path(bad.path).name for bad in splits.bad_files] == ["f_corrupt.png"]
     ds = splits.train
     assert splits.test is None
     assert ds.class_names == ("cat", "dog")
@@ -309,7 +311,7 @@ def test_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"no image files .* in .*"):
         load_raw("folder", tmp_path)
     (tmp_path / "bad.jpg").write_bytes(b"garbage")
-    with pytest.warns(UserWarning), pytest.raises(UserError, match=r"none of the 1 image files in .* could be read"):
+    with pytest.raises(UserError, match=r"none of the 1 image files in .* could be read; e.g. .*bad.jpg"):
         folder.load(tmp_path, None)
     (tmp_path / "cls").mkdir()
     Image.new("RGB", (4, 4)).save(tmp_path / "cls" / "x.png")

@@ -18,6 +18,13 @@ SMALL_HEADS = {
     "moco_v2": ["method.projection_hidden_dim=64", "method.projection_dim=32", "method.queue_size=512", "method.momentum=0.99"],
     "simsiam": ["method.projection_hidden_dim=64", "method.projection_dim=64", "method.predictor_hidden_dim=16", "optim.lr=0.1"],
     "byol": ["method.projection_hidden_dim=64", "method.projection_dim=32", "method.predictor_hidden_dim=64"],
+    "center_predictor": ["method.projection_hidden_dim=64", "method.projection_dim=32"],
+    "cc": ["method.projection_hidden_dim=64", "method.projection_dim=32", "method.cluster_hidden_dim=32"],
+}
+# SePP on each base, its partners mined from epoch 1 on so that the short runs below train with them.
+SMALL_HEADS |= {
+    f"sepp_{base}": SMALL_HEADS[base] + ["positives.warmup_epochs=1", "positives.refresh_every=2"]
+    for base in ("simclr", "moco_v2", "simsiam")
 }
 
 
@@ -78,7 +85,7 @@ def test_every_method_trains_on_rgb_npz_data(method, tmp_path):
     config = build_config(
         flags={"method.name": method, "train.epochs": 2, "data.dataset": "npz", "data.root": str(path)},
         # A queue that fits 39 images, so MoCo's queue holds no stale keys of a query's own image.
-        overrides=TINY + SMALL_HEADS[method] + ["optim.batch_size=16"] + (["method.queue_size=8"] if method == "moco_v2" else []),
+        overrides=TINY + SMALL_HEADS[method] + ["optim.batch_size=16"] + (["method.queue_size=8"] if method.endswith("moco_v2") else []),
     )
     metrics = start_run(config, tmp_path / "run")
     assert metrics["num_train"] == 48 - 3 * 3 and metrics["eval_split"] == "holdout"  # 3 of 16 per class held out

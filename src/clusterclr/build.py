@@ -16,10 +16,11 @@ from clusterclr.augment import ViewMaker, channel_stats, recipe_for
 from clusterclr.config import Config, validate
 from clusterclr.data.splits import DataSplits, load_splits
 from clusterclr.errors import UserError
-from clusterclr.io import load_checkpoint
+from clusterclr.io import load_checkpoint, load_newest_checkpoint
 from clusterclr.methods.base import DataInfo, Method
 from clusterclr.methods.registry import get_method
 from clusterclr.models.backbones import build_backbone
+from clusterclr.positives.sampler import SemanticPositives
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 
@@ -75,7 +76,10 @@ def resolve_clusters(requested: int | None, num_classes: int | None, num_points:
     """k for k-means: ``requested``, else the number of classes; checked against the data."""
     clusters = requested if requested is not None else num_classes
     if clusters is None:
-        raise UserError(f"{what} has no labels: set the number of clusters with --set eval.clusters=K")
+        raise UserError(
+            f"{what} has no labels: set the number of clusters with --set eval.clusters=K "
+            "(method.clusters=K for a method with a cluster head)"
+        )
     if not 1 <= clusters <= num_points:
         raise UserError(f"cannot make {clusters} clusters of the {num_points} images of {what}")
     return clusters
@@ -94,7 +98,8 @@ def build_model(config: Config, data: DataInfo, normalisation: dict[str, list[fl
     stem = config.model.stem if config.model.stem != "auto" else ("cifar" if side <= 64 else "imagenet")
     backbone = build_backbone(config.model.backbone, data.channels, stem, config.model.width)
     method_cls = get_method(config.method.name)
-    method = method_cls(backbone, method_cls.Options(**config.method.options()), data).to(device)
+    extra = {"positives": config.positives} if issubclass(method_cls, SemanticPositives) else {}
+    method = method_cls(backbone, method_cls.Options(**config.method.options()), data, **extra).to(device)
     if config.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
     return Model(config, device, select_precision(config.train.precision, device), views, method, normalisation)
@@ -108,7 +113,9 @@ def build_parts(config: Config, normalisation: dict[str, list[float]] | None = N
     train = splits.train
     if len(train) < config.optim.batch_size:
         raise UserError(f"the training split has {len(train)} images, fewer than optim.batch_size={config.optim.batch_size}")
-    eval_clusters = resolve_clusters(config.eval.clusters, splits.num_classes, len(splits.bank), f"data set '{splits.name}'")
+    # A method with a cluster head of K clusters is evaluated with K k-means clusters unless told otherwise.
+    requested = config.eval.clusters if config.eval.clusters is not None else config.method.options().get("clusters")
+    eval_clusters = resolve_clusters(requested, splits.num_classes, len(splits.bank), f"data set '{splits.name}'")
     if normalisation is None:
         mean, std = channel_stats(train.images)
         normalisation = {"mean": list(mean), "std": list(std)}
@@ -128,18 +135,55 @@ def model_state(model: Model) -> dict:
 
 
 def read_run(run_dir: Path) -> tuple[Config, dict]:
-    """The config and last checkpoint of the run in ``run_dir``."""
+    """The config and newest readable checkpoint of the run in ``run_dir``."""
     if not run_dir.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
-    state = load_checkpoint(run_dir / CHECKPOINT)
-    return validate(state["config"], source=f"config in {run_dir / CHECKPOINT}"), state
+    state, path = load_newest_checkpoint(run_dir / CHECKPOINT)
+    return validate(state["config"], source=f"config in {path}"), state
 
 
 def load_model(run_dir: Path) -> tuple[Model, int]:
     """The trained model of a run (no data read) and the epoch it reached."""
     config, state = read_run(run_dir)
+    return _rebuild(config, state), int(state["epoch"])
+
+
+def load_encoder(path: Path, device: torch.device) -> Model:
+    """A trained model, from a run directory or a checkpoint file, on ``device``: to encode other data with."""
+    checkpoint = path / CHECKPOINT if path.is_dir() else path
+    state = load_checkpoint(checkpoint)
+    config = validate(state["config"], source=f"config in {checkpoint}")
+    config.train.device = str(device)  # wherever it was trained, it encodes where it is needed
+    return _rebuild(config, state)
+
+
+def _rebuild(config: Config, state: dict) -> Model:
     info = state["data_info"]
     data = DataInfo(info["num_images"], info["num_classes"], info["channels"], tuple(info["image_size"]))
     model = build_model(config, data, state["normalisation"])
-    model.method.load_state_dict(state["method"])
-    return model, int(state["epoch"])
+    load_method_state(model.method, state["method"])
+    return model
+
+
+def load_method_state(method: Method, state: dict[str, torch.Tensor]) -> None:
+    """Load a checkpoint's weights into ``method``, or say which keys and shapes differ from it."""
+    expected = method.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    reshaped = [
+        f"{key} is {tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__} "
+        f"in the checkpoint but {tuple(expected[key].shape)} in the model"
+        for key, value in state.items()
+        if key in expected and not (isinstance(value, torch.Tensor) and value.shape == expected[key].shape)
+    ]
+    problems = [
+        f"{what} {', '.join(keys[:3])}{f' (and {len(keys) - 3} more)' if len(keys) > 3 else ''}"
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("", reshaped))
+        if keys
+    ]
+    if problems:
+        raise UserError(
+            f"the checkpoint's weights do not match the {method.name} model its config builds: "
+            f"{'; '.join(p.strip() for p in problems)} (was it edited, or written by another version?)"
+        )
+    method.load_state_dict(state)

@@ -1,26 +1,29 @@
-"""The ``clusterclr`` command line: train, evaluate, embed, methods, datasets."""
+"""The ``clusterclr`` command line: train, evaluate, embed, export, methods, datasets."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from clusterclr.errors import UserError
+from clusterclr.errors import Interrupted, UserError
+
+if TYPE_CHECKING:
+    from clusterclr.config import Config
+
+RUNS = Path("runs")
 
 
 def _train(args: argparse.Namespace) -> int:
     from clusterclr.config import build_config
     from clusterclr.train import resume_run, start_run
 
-    if args.resume:
-        given = [flag for flag, value in _train_flags(args).items() if value is not None]
-        if args.config or given or args.overrides or args.out:
-            raise UserError("--resume continues a run in place with its saved config; drop --config, --out, --set and the other flags")
-        run_dir = Path(args.resume)
+    run_dir = _run_to_resume(args) if args.resume else None
+    if run_dir is not None:
         print(f"resuming {run_dir}", file=sys.stderr)
         metrics = resume_run(run_dir)
     else:
@@ -31,6 +34,71 @@ def _train(args: argparse.Namespace) -> int:
     print(metrics_table(metrics))
     print(f"run directory: {run_dir}")
     return 0
+
+
+def _run_to_resume(args: argparse.Namespace) -> Path | None:
+    """The run ``--resume`` continues; None when ``--resume auto --out DIR`` finds no run there yet (start it).
+
+    ``--resume RUN_DIR`` continues that run with its saved config.
+    ``--resume auto --out DIR`` continues DIR if it holds a run, else starts
+    one there from the other flags, so one command line serves every restart
+    of a pre-emptible job; flags given must then match the saved config.
+    ``--resume auto`` alone continues the run under runs/ with the newest checkpoint.
+    """
+    from clusterclr.build import CHECKPOINT
+    from clusterclr.config import build_config
+    from clusterclr.io import previous_checkpoint
+
+    configured = bool(args.config or args.overrides or any(v is not None for v in _train_flags(args).values()))
+    if args.resume != "auto":
+        if configured or args.out:
+            raise UserError("--resume continues a run in place with its saved config; drop --config, --out, --set and the other flags")
+        return Path(args.resume)
+    if not args.out:
+        if configured:
+            raise UserError(
+                f"--resume auto without --out continues the newest run under {RUNS}/ with its saved config; "
+                "drop --config, --set and the other flags, or name the run with --out"
+            )
+        return newest_run(RUNS)
+    run_dir = Path(args.out)
+    if not (run_dir / CHECKPOINT).exists() and not previous_checkpoint(run_dir / CHECKPOINT).exists():
+        return None
+    if configured:
+        _check_same_config(build_config(args.config, _train_flags(args), args.overrides), run_dir)
+    return run_dir
+
+
+def newest_run(runs: Path) -> Path:
+    """The run directory under ``runs`` whose checkpoint was written last."""
+    checkpoints = list(runs.glob("*/checkpoints/*.pt")) if runs.is_dir() else []
+    if not checkpoints:
+        raise UserError(f"--resume auto found no run under {runs}/ to continue; name it with --resume RUN_DIR")
+    return max(checkpoints, key=lambda path: path.stat().st_mtime).parents[1]
+
+
+def _check_same_config(config: Config, run_dir: Path) -> None:
+    from clusterclr.config import read_yaml, validate
+
+    saved = validate(read_yaml(run_dir / "config.yaml"), source=f"{run_dir / 'config.yaml'}")
+    different = _differences(saved.model_dump(mode="json"), config.model_dump(mode="json"))
+    if different:
+        raise UserError(
+            f"{run_dir} holds a run with a different config ({', '.join(different[:5])}); "
+            "give the flags it was started with, none at all, or another --out"
+        )
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config trees."""
+    different = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            different += _differences(x, y, f"{prefix}{key}.")
+        elif x != y:
+            different.append(f"{prefix}{key}")
+    return different
 
 
 def _train_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -71,6 +139,24 @@ def _embed(args: argparse.Namespace) -> int:
     root = args.data_root if args.dataset else model.config.data.root
     rows = embed_to_files(model, dataset, root, args.split, out, args.clusters)
     print(f"wrote {rows.features} embeddings to {out} and {rows.clusters}-means clusters to {rows.csv}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from clusterclr.build import read_run
+    from clusterclr.io import save_safetensors
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise UserError(f"--out must name a .safetensors file, got {out}")
+    _, state = read_run(Path(args.run_dir))
+    metadata = {
+        "producer": "clusterclr",
+        "epoch": str(state["epoch"]),
+        **{key: json.dumps(state[key]) for key in ("config", "data_info", "normalisation")},
+    }
+    save_safetensors(out, state["method"], metadata)
+    print(f"wrote {len(state['method'])} tensors (epoch {state['epoch']}) to {out}")
     return 0
 
 
@@ -126,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, help="random seed")
     train.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                        help="override any config key, e.g. --set optim.lr=0.1 method.temperature=0.2")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue an interrupted run from its newest checkpoint; 'auto': the run in --out if it "
+                            "holds one (else start it), or without --out the newest run under runs/")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="re-evaluate a finished or interrupted run")
@@ -142,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--clusters", type=int, help="k for k-means (default: the run's number of classes or eval.clusters)")
     embed.add_argument("--out", required=True, help="output FILE.npy; the CSV goes beside it")
     embed.set_defaults(handler=_embed)
+
+    export = commands.add_parser("export", help="write a run's trained weights as safetensors (tensors only, no code)")
+    export.add_argument("run_dir")
+    export.add_argument("--out", required=True, help="output FILE.safetensors; the config goes in its metadata")
+    export.set_defaults(handler=_export)
 
     commands.add_parser("methods", help="list the registered methods").set_defaults(handler=_methods)
     commands.add_parser("datasets", help="list the supported data sets").set_defaults(handler=_datasets)
@@ -159,11 +252,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except UserError as err:
-        print(f"clusterclr: error: {err}", file=sys.stderr)
+        # One line even when the message quotes input that holds line breaks.
+        print(f"clusterclr: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
         return 2
     except FloatingPointError as err:
         print(f"clusterclr: training diverged: {err}", file=sys.stderr)
         return 1
+    except Interrupted as err:
+        print(f"clusterclr: {err}", file=sys.stderr)
+        return err.exit_status
     except KeyboardInterrupt:
-        print("\nclusterclr: interrupted; continue a training run with `clusterclr train --resume RUN_DIR`", file=sys.stderr)
+        print(
+            "\nclusterclr: aborted; a training run continues from its last checkpoint with `clusterclr train --resume RUN_DIR`",
+            file=sys.stderr,
+        )
         return 130
+    except MemoryError:
+        print(f"clusterclr: error: {_OUT_OF_MEMORY}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        # torch reports a failed allocation (CPU or GPU) as a RuntimeError; anything else is a bug.
+        if not any(sign in str(err) for sign in ("out of memory", "not enough memory", "can't allocate memory")):
+            raise
+        print(f"clusterclr: error: {_OUT_OF_MEMORY} ({' '.join(str(err).split())[:150]})", file=sys.stderr)
+        return 2
+
+
+_OUT_OF_MEMORY = "out of memory; lower optim.batch_size, eval.batch_size, model.width or data.image_size"

@@ -49,6 +49,8 @@ class DataConfig(_Section):
     # Used only when the data set has no test split: the evaluation split carved from train.
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     split_seed: int = Field(0, ge=0, lt=2**31)
+    # Leave out image files that cannot be read (listed in RUN_DIR/skipped_files.txt) instead of stopping.
+    skip_bad: bool = False
 
     @field_validator("root")
     @classmethod
@@ -132,6 +134,9 @@ class TrainConfig(_Section):
     log_every: PositiveInt = 10
     num_threads: PositiveInt | None = None
     progress: bool = True
+    # 0: a non-finite loss stops the run (checked at log steps). N > 0: check every step (a host
+    # sync per step), skip the optimiser step on a non-finite loss, and stop after more than N.
+    skip_nonfinite_steps: NonNegativeInt = 0
 
 
 class EvalConfig(_Section):
@@ -139,9 +144,37 @@ class EvalConfig(_Section):
     knn_temperature: PositiveFloat = 0.07
     # Clusters for k-means; None means the number of classes (required for unlabelled data).
     clusters: PositiveInt | None = None
-    kmeans_restarts: PositiveInt = 3
-    kmeans_iterations: PositiveInt = 50
+    # Bounded: faiss takes C ints, and beyond these a run only burns time.
+    kmeans_restarts: int = Field(3, ge=1, le=1000)
+    kmeans_iterations: int = Field(50, ge=1, le=100_000)
     batch_size: PositiveInt = 512
+
+
+class PositivesConfig(_Section):
+    """Semantic positive pairs (SePP): how partners are mined, for the methods that take them."""
+
+    # None: the model being trained (its momentum encoder where it has one); else a run
+    # directory or checkpoint file of a trained model. Stored absolute, like data.root.
+    encoder: str | None = None
+    # Partners per image: its most similar other images, before the threshold.
+    neighbours: PositiveInt = 1
+    # Cosine-similarity floor a partner must reach; None keeps the top-k whatever their similarity.
+    threshold: float | None = Field(None, ge=-1, le=1)
+    # Re-mine every N epochs (the model being trained changes; a given encoder is mined once).
+    refresh_every: PositiveInt = 5
+    # Plain instance epochs before the first mining; None: 0 with a given encoder, else 10.
+    warmup_epochs: NonNegativeInt | None = None
+
+    @field_validator("encoder")
+    @classmethod
+    def _absolute(cls, encoder: str | None) -> str | None:
+        return None if encoder is None else str(Path(encoder).expanduser().absolute())
+
+    def first_mining_epoch(self) -> int:
+        if self.warmup_epochs is not None:
+            return self.warmup_epochs
+        # An untrained model's neighbours are noise; a given encoder is good from the start.
+        return 0 if self.encoder is not None else 10
 
 
 class Config(_Section):
@@ -153,6 +186,9 @@ class Config(_Section):
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    # Only for methods that take semantic positives (filled with defaults for them), so that a
+    # positives.* key given to any other method is an error rather than silently ignored.
+    positives: PositivesConfig | None = None
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -219,6 +255,7 @@ def validate(tree: dict[str, Any], source: str = "config") -> Config:
     except ValidationError as err:
         raise UserError(f"{source}: {format_validation_error(err)}") from None
     _validate_method_options(config, source)
+    _validate_positives(config, source)
     return config
 
 
@@ -234,6 +271,22 @@ def _validate_method_options(config: Config, source: str) -> None:
     config.method.__pydantic_extra__ = options.model_dump(mode="json")
 
 
+def _validate_positives(config: Config, source: str) -> None:
+    from clusterclr.methods.registry import get_method
+    from clusterclr.positives.sampler import SemanticPositives
+
+    takes_positives = issubclass(get_method(config.method.name), SemanticPositives)
+    if config.positives is None:
+        if takes_positives:
+            config.positives = PositivesConfig()
+    elif not takes_positives:
+        keys = ", ".join(f"positives.{k}" for k in sorted(config.positives.model_fields_set)) or "positives"
+        raise UserError(
+            f"{source}: {keys} is set but method '{config.method.name}' takes no semantic positives; "
+            f"remove it or use a sepp_* method"
+        )
+
+
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:
     problems = []
     for e in err.errors():
@@ -244,7 +297,10 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
             message = e["msg"].removeprefix("Value error, ")
             given = e.get("input")
             # A whole section as "input" says nothing the message doesn't.
-            problems.append(f"'{key}': {message}" + ("" if isinstance(given, dict) else f" (got {given!r})"))
+            shown = repr(given)
+            # A huge value (a YAML alias bomb, a pasted array) is named, not echoed.
+            shown = shown if len(shown) <= 80 else shown[:60] + f"... ({len(shown)} characters)"
+            problems.append(f"'{key}': {message}" + ("" if isinstance(given, dict) else f" (got {shown})"))
     return "; ".join(problems)
 
 

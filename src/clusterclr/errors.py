@@ -7,3 +7,12 @@ traceback; anything else is a bug and keeps its traceback.
 
 class UserError(Exception):
     """Bad input (config, data, paths): the message says what to fix."""
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after writing a checkpoint; the message says how to continue."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        # The shell's convention for "ended by signal N": 130 for SIGINT, 143 for SIGTERM.
+        self.exit_status = 128 + signal_number

@@ -10,36 +10,51 @@ from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
+from clusterclr.errors import UserError
 from clusterclr.io import write_text
 
 
 class RunLog:
-    def __init__(self, run_dir: Path, keep_until_step: int | None = None) -> None:
-        """Append to the run's log; lines past ``keep_until_step`` are dropped first (a resumed run redoes them)."""
+    def __init__(self, run_dir: Path, keep_until_step: int | None = None, epoch_start_redone: bool = True) -> None:
+        """Append to the run's log; lines past ``keep_until_step`` are dropped first (a resumed run redoes them).
+
+        ``epoch_start_redone``: whether the resumed run starts by opening an
+        epoch (it resumes at an epoch boundary), so that the "method" lines
+        logged at ``keep_until_step`` are redone too.
+        """
         self.path = run_dir / "metrics.jsonl"
         if keep_until_step is not None and self.path.exists():
-            # "method" lines at the boundary step open the next epoch, which the resumed run redoes.
             kept = [
                 r for r in read_log(run_dir)
-                if r["step"] < keep_until_step or (r["step"] == keep_until_step and r["kind"] != "method")
+                if r["step"] < keep_until_step
+                or (r["step"] == keep_until_step and not (epoch_start_redone and r["kind"] == "method"))
             ]
             write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
-        self._file = self.path.open("a", encoding="utf-8")
+        try:
+            self._file = self.path.open("a", encoding="utf-8")
+        except OSError as err:
+            raise UserError(f"cannot write {self.path}: {err.strerror or err}") from None
         self._tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=keep_until_step)
 
     def write(self, kind: str, step: int, values: dict[str, Any]) -> None:
         """Append ``values`` for ``kind`` (step / epoch / eval / method) at global ``step``."""
         record = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
-        self._file.write(json.dumps(record) + "\n")
-        # Flushed per line so an interrupted run keeps everything logged so far.
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record) + "\n")
+            # Flushed per line so an interrupted run keeps everything logged so far.
+            self._file.flush()
+        except OSError as err:
+            raise UserError(f"cannot write {self.path}: {err.strerror or err}; the last checkpoint is intact") from None
         for key, value in values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 self._tensorboard.add_scalar(f"{kind}/{key}", value, step)
 
     def close(self) -> None:
-        self._file.close()
         self._tensorboard.close()
+        try:
+            self._file.close()
+        except OSError as err:  # the last buffered line could not be written
+            raise UserError(f"cannot write {self.path}: {err.strerror or err}") from None
 
 
 def read_log(run_dir: Path) -> list[dict[str, Any]]:

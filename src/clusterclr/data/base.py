@@ -74,17 +74,28 @@ class ImageDataset:
 
 
 @dataclass(frozen=True)
+class BadFile:
+    """An image file a loader could not use, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class RawSplits:
     """What a loader finds on disk, before clusterclr decides how to use it.
 
     train: the (labelled, if the set has labels) training split.
     test: the official test split, or None when the set has none.
     unlabeled: extra unlabelled training images (STL-10), or None.
+    bad_files: image files left out of the splits because they could not be
+    read; whether that is an error is the caller's choice (``data.skip_bad``).
     """
 
     train: ImageDataset
     test: ImageDataset | None = None
     unlabeled: ImageDataset | None = None
+    bad_files: tuple[BadFile, ...] = ()
 
 
 def concat(datasets: list[ImageDataset]) -> ImageDataset:

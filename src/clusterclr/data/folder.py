@@ -7,22 +7,25 @@
 Having both image files in root and class folders is ambiguous and refused.
 Every image is turned upright (EXIF orientation) and made RGB uint8; its
 shorter side is resized to image_size (default 64), then it is center-cropped
-to image_size×image_size. Files that cannot be decoded are skipped with a
-warning. Order is by sorted path.
+to image_size×image_size. Order is by sorted path.
+
+A file that cannot be used (empty, unreadable, corrupt or truncated, too
+large to decode safely, an image mode Pillow cannot convert) is left out and
+reported in ``RawSplits.bad_files`` with the reason; ``load_raw`` turns that
+into an error naming the file unless ``data.skip_bad`` is set.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from clusterclr.data.base import ImageDataset, RawSplits
+from clusterclr.data.base import BadFile, ImageDataset, RawSplits
 from clusterclr.errors import UserError
 
 EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
@@ -52,24 +55,22 @@ def load(root: Path | None, image_size: int | None = None) -> RawSplits:
     paths = direct or [p for files in classes.values() for p in files]
     labels = [i for i, files in enumerate(classes.values()) for _ in files]  # empty when flat
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        pixels = list(pool.map(lambda p: _read(p, size), paths))
+        pixels = list(pool.map(lambda p: _try_read(p, size), paths))
 
-    bad = [p for p, image in zip(paths, pixels) if image is None]
-    if bad:
-        warnings.warn(
-            f"folder: skipped {len(bad)} unreadable image(s) in {root}, e.g. {', '.join(map(str, bad[:3]))}",
-            stacklevel=2,
-        )
-    keep = [i for i, image in enumerate(pixels) if image is not None]
+    bad = tuple(BadFile(str(path), result) for path, result in zip(paths, pixels) if isinstance(result, str))
+    keep = [i for i, result in enumerate(pixels) if not isinstance(result, str)]
     if not keep:
-        raise UserError(f"folder: none of the {len(paths)} image files in {root} could be read")
+        raise UserError(
+            f"folder: none of the {len(paths)} image files in {root} could be read; e.g. {bad[0].path}: {bad[0].reason}"
+        )
     return RawSplits(
         train=ImageDataset(
             images=torch.from_numpy(np.stack([pixels[i] for i in keep])),
             labels=None if direct else torch.tensor([labels[i] for i in keep], dtype=torch.int64),
             class_names=None if direct else tuple(classes),
             sources=tuple(str(paths[i]) for i in keep),
-        )
+        ),
+        bad_files=bad,
     )
 
 
@@ -86,15 +87,22 @@ def _images(directory: Path, recursive: bool) -> list[Path]:
     )
 
 
-def _read(path: Path, size: int) -> np.ndarray | None:
-    """3×size×size uint8 pixels of one file, or None if it cannot be decoded."""
+def _try_read(path: Path, size: int) -> np.ndarray | str:
+    """3×size×size uint8 pixels of one file, or why it cannot be used."""
     try:
-        with Image.open(path) as image:
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)"
+        with path.open("rb") as f, Image.open(f) as image:
             image.load()
             rgb = _to_rgb(ImageOps.exif_transpose(image))
-    # Pillow signals a damaged file with any of these, depending on the format.
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
-        return None
+    except UnidentifiedImageError:
+        return "not an image Pillow can identify (corrupt, or not an image)"
+    except OSError as err:  # unreadable, or truncated ("image file is truncated")
+        return err.strerror or str(err) or type(err).__name__
+    # A damaged file can make a decoder fail in almost any way (SyntaxError, ValueError,
+    # struct.error, DecompressionBombError, ...); each means this file cannot be used.
+    except Exception as err:
+        return f"{type(err).__name__}: {err}"
     width, height = rgb.size
     side = min(width, height)
     # One resample of the centered square does "shorter side to size, then center crop".

@@ -61,10 +61,10 @@ def _file(directory: Path, name: str) -> Path | None:
 
 
 def _split(dataset: str, directory: Path, prefix: str, names: tuple[str, ...]) -> ImageDataset:
-    images = _read_idx(dataset, directory, f"{prefix}-images-idx3-ubyte", _IMAGES_MAGIC)
-    labels = _read_idx(dataset, directory, f"{prefix}-labels-idx1-ubyte", _LABELS_MAGIC)
+    images_path, images = _read_idx(dataset, directory, f"{prefix}-images-idx3-ubyte", _IMAGES_MAGIC)
+    labels_path, labels = _read_idx(dataset, directory, f"{prefix}-labels-idx1-ubyte", _LABELS_MAGIC)
     if len(labels) != len(images):
-        raise UserError(f"{dataset}: {len(labels)} labels for {len(images)} images in {directory} ({prefix} split)")
+        raise UserError(f"{dataset}: {labels_path} holds {len(labels)} labels but {images_path} holds {len(images)} images")
     if len(labels) and labels.max() >= len(names):
         raise UserError(f"{dataset}: {prefix} labels in {directory} must be 0..{len(names) - 1}, found {labels.max()}")
     return ImageDataset(
@@ -74,7 +74,7 @@ def _split(dataset: str, directory: Path, prefix: str, names: tuple[str, ...]) -
     )
 
 
-def _read_idx(dataset: str, directory: Path, name: str, magic: int) -> np.ndarray:
+def _read_idx(dataset: str, directory: Path, name: str, magic: int) -> tuple[Path, np.ndarray]:
     path = _file(directory, name)
     if path is None:
         raise UserError(f"{dataset}: no {name}[.gz] in {directory}")
@@ -91,4 +91,4 @@ def _read_idx(dataset: str, directory: Path, name: str, magic: int) -> np.ndarra
     expected = header + int(np.prod(shape)) if shape else header
     if len(data) != expected:
         raise UserError(f"{dataset}: {path} has {len(data)} bytes, its header promises {expected} (truncated?)")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape).copy()
+    return path, np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape).copy()

@@ -38,8 +38,12 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
-def load_raw(name: str, root: str | Path | None, image_size: int | None = None) -> RawSplits:
-    """Read data set ``name`` from ``root`` (ignored by sets that need none)."""
+def load_raw(name: str, root: str | Path | None, image_size: int | None = None, skip_bad: bool = False) -> RawSplits:
+    """Read data set ``name`` from ``root`` (ignored by sets that need none).
+
+    An image file that cannot be used is an error naming it, unless
+    ``skip_bad``: then it is left out and listed in ``bad_files``.
+    """
     spec = DATASETS.get(name)
     if spec is None:
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
@@ -49,4 +53,12 @@ def load_raw(name: str, root: str | Path | None, image_size: int | None = None) 
             raise UserError(f"dataset {name!r} needs --data-root pointing at {spec.description}")
         if not path.exists():
             raise UserError(f"dataset {name!r}: --data-root {path} does not exist")
-    return spec.load(path, image_size)
+    raw = spec.load(path, image_size)
+    if raw.bad_files and not skip_bad:
+        first, more = raw.bad_files[0], len(raw.bad_files) - 1
+        raise UserError(
+            f"{name}: cannot use {first.path}: {first.reason}"
+            + (f" (and {more} more bad file{'s' if more > 1 else ''})" if more else "")
+            + "; fix or remove it, or skip bad files with --set data.skip_bad=true"
+        )
+    return raw

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from clusterclr.config import DataConfig
-from clusterclr.data.base import ImageDataset, concat
+from clusterclr.data.base import BadFile, ImageDataset, concat
 from clusterclr.data.registry import load_raw
 
 
@@ -21,6 +22,7 @@ class DataSplits:
     "holdout" (labelled data without a test split: a part of train held out
     and removed from ``train`` and ``bank``), or "train" (unlabelled data
     without a test split: nothing can be scored, so nothing is held back).
+    skipped: files left out because they could not be read (``data.skip_bad``).
     """
 
     name: str
@@ -28,6 +30,7 @@ class DataSplits:
     bank: ImageDataset
     test: ImageDataset
     eval_split: str
+    skipped: tuple[BadFile, ...] = ()
 
     @property
     def labelled(self) -> bool:
@@ -66,7 +69,14 @@ def resize(dataset: ImageDataset, size: int, chunk: int = 1024) -> ImageDataset:
 
 
 def load_splits(cfg: DataConfig) -> DataSplits:
-    raw = load_raw(cfg.dataset, cfg.root, cfg.image_size)
+    raw = load_raw(cfg.dataset, cfg.root, cfg.image_size, cfg.skip_bad)
+    if raw.bad_files:
+        first = raw.bad_files[0]
+        warnings.warn(
+            f"{cfg.dataset}: skipped {len(raw.bad_files)} bad file(s) (data.skip_bad=true), "
+            f"e.g. {first.path}: {first.reason}",
+            stacklevel=2,
+        )
     labelled_train = raw.train
     if raw.test is not None:
         test, eval_split = raw.test, "test"
@@ -79,4 +89,4 @@ def load_splits(cfg: DataConfig) -> DataSplits:
     splits = [train, labelled_train, test]
     if cfg.image_size is not None:
         splits = [resize(d, cfg.image_size) for d in splits]
-    return DataSplits(cfg.dataset, *splits, eval_split=eval_split)
+    return DataSplits(cfg.dataset, *splits, eval_split=eval_split, skipped=raw.bad_files)

@@ -31,7 +31,8 @@ class Written:
 def _chosen_splits(dataset: str, root: str | None, split: str, model: Model) -> list[tuple[str, ImageDataset]]:
     """The requested splits in file order, at the resolution and channels the model was trained on."""
     height, width = model.method.data.image_size
-    raw = load_raw(dataset, root, height if height == width else None)
+    # Files the run was told to skip when training are skipped here too (and so have no row).
+    raw = load_raw(dataset, root, height if height == width else None, skip_bad=model.config.data.skip_bad)
     available = {"train": raw.train, "test": raw.test, "unlabeled": raw.unlabeled}
     names = SPLITS if split == "all" else (split,)
     chosen = [(name, available[name]) for name in names if available[name] is not None]

@@ -130,8 +130,10 @@ class Method(nn.Module):
     def on_epoch_start(self, epoch: int, images: TrainingImages) -> dict[str, Any]:
         """Work over the whole training set before epoch ``epoch`` (0-based); returns values to log.
 
-        Must be deterministic (seed any randomness from ``epoch``): a resumed
-        run calls it again at the same epochs.
+        Must be deterministic (seed any randomness from ``images.seed`` and
+        ``epoch``): a run resumed from an epoch boundary calls it again there.
+        A run resumed mid-epoch does not; it has the hook's results from the
+        checkpoint's buffers.
         """
         return {}
 

@@ -1,0 +1,98 @@
+"""The semantic sampler: mines partners on a schedule and orders epochs so partners meet.
+
+``SemanticPositives`` is a mixin for any instance method: list it before the
+method's class (``class SePPSimCLR(SemanticPositives, SimCLR)``) and the
+method gets
+
+- ``self.partners``, an N × k buffer of each training image's mined
+  partners (-1 where none), so checkpoints carry it and a resumed run
+  trains on the same pairs;
+- mining in ``on_epoch_start``: after ``positives.warmup_epochs`` plain
+  epochs and then every ``positives.refresh_every`` epochs with the model
+  being trained (``mining_encoder``), or once with a trained model the
+  user gives (``positives.encoder``); the epoch's diagnostics are logged;
+- an ``epoch_order`` that puts partners next to each other.
+
+The method itself only widens its positives with
+``partner_mask(batch.indices, self.partners)`` (see ``positives/semantic.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from clusterclr.config import PositivesConfig
+from clusterclr.errors import UserError
+from clusterclr.positives.semantic import NO_PARTNER, mine_partners, pair_diagnostics, partner_order
+
+if TYPE_CHECKING:  # at run time the methods package imports this module, not the reverse
+    from clusterclr.methods.base import DataInfo, MethodOptions, TrainingImages
+    from clusterclr.models.backbones import ResNet
+
+
+class SemanticPositives:
+    """Mixin giving a ``Method`` subclass mined semantic partners (see the module docstring)."""
+
+    def __init__(self, backbone: ResNet, options: MethodOptions, data: DataInfo, positives: PositivesConfig) -> None:
+        super().__init__(backbone, options, data)
+        self.positives = positives
+        self.register_buffer("partners", torch.full((data.num_images, positives.neighbours), NO_PARTNER, dtype=torch.long))
+
+    def mining_encoder(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], tuple[nn.Module, ...]]:
+        """The network (and the modules it runs) whose clean-image features are mined during training.
+
+        The backbone by default: its features mine more same-class pairs than
+        the projector's (top-1 pair precision 0.37 vs 0.33 for SimCLR, 0.34 vs
+        0.31 for MoCo v2, trained 40 epochs on the CIFAR-10 subset). Methods
+        with a momentum encoder override this to use it, as SePP does with MoCo.
+        """
+        return self.backbone, (self.backbone,)
+
+    def is_mining_epoch(self, epoch: int) -> bool:
+        first = self.positives.first_mining_epoch()
+        if epoch < first:
+            return False
+        if self.positives.encoder is not None:
+            return epoch == first  # a fixed encoder finds the same pairs every time
+        return (epoch - first) % self.positives.refresh_every == 0
+
+    def on_epoch_start(self, epoch: int, images: TrainingImages) -> dict[str, Any]:
+        logs = super().on_epoch_start(epoch, images)
+        if not self.is_mining_epoch(epoch):
+            return logs
+        features = self._features(images)
+        pairs = mine_partners(features, self.positives.neighbours, self.positives.threshold)
+        self.partners.copy_(pairs.partners)
+        return {**logs, **pair_diagnostics(pairs, images.labels)}
+
+    def epoch_order(self) -> torch.Tensor:
+        return partner_order(self.partners)
+
+    def _features(self, images: TrainingImages) -> torch.Tensor:
+        if self.positives.encoder is None:
+            encoder, modules = self.mining_encoder()
+            return images.encode(encoder, *modules)
+        from clusterclr.build import load_encoder  # build imports every method, this one included
+
+        path = Path(self.positives.encoder)
+        model = load_encoder(path, images.device)
+        trained_on = (model.method.data.channels, *model.method.data.image_size)
+        here = tuple(images.images.shape[1:])
+        if trained_on != here:
+            raise UserError(
+                f"positives.encoder {path} was trained on {_shape(trained_on)} images but the training images are "
+                f"{_shape(here)}; give an encoder trained on images like these (or set data.image_size)"
+            )
+        # Its own views: the encoder expects the normalisation it was trained with.
+        return dataclasses.replace(images, views=model.views).encode(model.method.embed, model.method)
+
+
+def _shape(channels_height_width: tuple[int, ...]) -> str:
+    channels, height, width = channels_height_width
+    return f"{channels}-channel {height}×{width}"

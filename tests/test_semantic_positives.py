@@ -1,0 +1,412 @@
+"""Semantic positive pairs: mining, diagnostics, batch order, masks, losses, schedule and the SePP methods."""
+
+import math
+
+import pytest
+import torch
+
+from clusterclr.build import CHECKPOINT, build_parts, load_model
+from clusterclr.config import build_config
+from clusterclr.errors import UserError
+from clusterclr.losses.contrastive import info_nce, nt_xent
+from clusterclr.methods.base import Batch, TrainingImages
+from clusterclr.methods.sepp import partner_negative_cosine
+from clusterclr.positives import sampler
+from clusterclr.positives.semantic import (
+    MinedPairs,
+    mine_partners,
+    own_key_or_partners,
+    pair_diagnostics,
+    partner_mask,
+    partner_order,
+    same_image_or_partners,
+)
+from clusterclr.positives.views import own_key, same_image
+from clusterclr.runlog import read_log
+from clusterclr.train import Trainer, resume_run, start_run
+
+TINY = ["model.width=0.125", "optim.batch_size=128", "train.progress=false", "train.eval_every=0", "train.log_every=1"]
+HEADS = {
+    "simclr": ["method.projection_hidden_dim=32", "method.projection_dim=16"],
+    "moco_v2": ["method.projection_hidden_dim=32", "method.projection_dim=16", "method.queue_size=256"],
+    "simsiam": ["method.projection_hidden_dim=32", "method.projection_dim=32", "method.predictor_hidden_dim=8"],
+}
+
+
+def unit_vectors(degrees: list[float]) -> torch.Tensor:
+    radians = torch.tensor(degrees, dtype=torch.float64) * math.pi / 180
+    return torch.stack([radians.cos(), radians.sin()], dim=1)
+
+
+# -- mining ----------------------------------------------------------------------------------
+
+
+ANGLES = [0, 10, 90, 95, 180]  # cos: 0-10 0.985, 90-95 0.996, 180-95 0.087, 180-90 0.0
+
+
+def test_mining_top1_on_hand_built_embeddings():
+    pairs = mine_partners(unit_vectors(ANGLES).float(), neighbours=1)
+    assert pairs.partners.tolist() == [[1], [0], [3], [2], [3]]
+    expected = [math.cos(math.radians(d)) for d in (10, 10, 5, 5, 85)]
+    assert pairs.similarities[:, 0].tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_mining_threshold_drops_weak_partners_and_pads():
+    pairs = mine_partners(unit_vectors(ANGLES).float(), neighbours=2, threshold=0.5)
+    # Second neighbours: 0 -> 2 (cos 90°=0), 1 -> 2 (80°), 2 -> 1 (80°), 3 -> 1 (85°), 4 -> 2 (90°); all below 0.5.
+    assert pairs.partners.tolist() == [[1, -1], [0, -1], [3, -1], [2, -1], [-1, -1]]
+    assert torch.isnan(pairs.similarities[pairs.partners < 0]).all()
+    loose = mine_partners(unit_vectors(ANGLES).float(), neighbours=2, threshold=-0.05)
+    assert loose.partners.tolist() == [[1, 2], [0, 2], [3, 1], [2, 1], [3, 2]]
+
+
+@pytest.mark.parametrize("neighbours, threshold", [(1, None), (3, None), (3, 0.3)])
+def test_mining_equals_a_float64_brute_force_search(neighbours, threshold):
+    torch.manual_seed(neighbours)
+    x = torch.randn(60, 5)
+    unit = x.double() / x.double().norm(dim=1, keepdim=True)
+    cosines = unit @ unit.T
+    pairs = mine_partners(x, neighbours, threshold)
+    for i in range(60):
+        ranked = sorted((j for j in range(60) if j != i), key=lambda j: -float(cosines[i, j]))[:neighbours]
+        kept = [j for j in ranked if threshold is None or cosines[i, j] >= threshold]
+        assert pairs.partners[i].tolist() == kept + [-1] * (neighbours - len(kept))
+        assert pairs.similarities[i, : len(kept)].tolist() == pytest.approx([float(cosines[i, j]) for j in kept], abs=1e-5)
+
+
+def test_mining_is_cosine_so_row_scale_does_not_matter():
+    x = unit_vectors(ANGLES).float()
+    scaled = x * torch.tensor([[1.0], [7.0], [0.1], [3.0], [50.0]])
+    assert torch.equal(mine_partners(scaled, 2).partners, mine_partners(x, 2).partners)
+
+
+def test_duplicates_never_pair_an_image_with_itself():
+    torch.manual_seed(0)
+    x = torch.cat([torch.ones(4, 6), torch.randn(3, 6)])  # four identical rows tie with themselves
+    partners = mine_partners(x, neighbours=2).partners
+    rows = torch.arange(len(x))[:, None]
+    assert not (partners == rows).any()
+    for i in range(4):
+        assert set(partners[i].tolist()) <= {0, 1, 2, 3} - {i} and len(set(partners[i].tolist())) == 2
+
+
+def test_fewer_images_than_neighbours_pads_with_minus_one():
+    pairs = mine_partners(torch.randn(3, 4), neighbours=4)
+    assert pairs.partners.shape == (3, 4)
+    for i, row in enumerate(pairs.partners.tolist()):
+        assert sorted(row[:2]) == sorted({0, 1, 2} - {i}) and row[2:] == [-1, -1]
+
+
+def test_mining_rejects_bad_input():
+    with pytest.raises(ValueError, match="N >= 2"):
+        mine_partners(torch.randn(1, 4), 1)
+    with pytest.raises(ValueError, match="neighbours must be at least 1"):
+        mine_partners(torch.randn(5, 4), 0)
+
+
+def test_diagnostics_count_pairs_similarity_and_precision():
+    pairs = MinedPairs(
+        torch.tensor([[1, 2], [0, -1], [-1, -1], [0, 1]]),
+        torch.tensor([[0.9, 0.5], [0.9, math.nan], [math.nan, math.nan], [0.6, 0.4]]),
+    )
+    labels = torch.tensor([0, 0, 1, 1])
+    logs = pair_diagnostics(pairs, labels)
+    # Pairs 0-1 (same), 0-2 (no), 1-0 (same), 3-0 (no), 3-1 (no).
+    assert logs == {"pairs": 5, "images_with_partner": 3, "pair_similarity": pytest.approx(3.3 / 5), "pair_precision": 0.4}
+    assert pair_diagnostics(pairs)["pair_precision"] is None
+    empty = pair_diagnostics(MinedPairs(torch.full((3, 1), -1), torch.full((3, 1), math.nan)), labels[:3])
+    assert empty == {"pairs": 0, "images_with_partner": 0, "pair_similarity": None, "pair_precision": None}
+
+
+# -- batch order and masks ---------------------------------------------------------------------
+
+
+def test_order_without_partners_is_the_plain_permutation():
+    torch.manual_seed(3)
+    expected = torch.randperm(50)
+    torch.manual_seed(3)
+    assert torch.equal(partner_order(torch.full((50, 2), -1)), expected)
+
+
+def test_mutual_pairs_end_up_adjacent_and_every_image_appears_once():
+    partners = torch.arange(40).reshape(20, 2).flip(1).reshape(40, 1)  # 0<->1, 2<->3, ...
+    torch.manual_seed(0)
+    order = partner_order(partners)
+    assert sorted(order.tolist()) == list(range(40))
+    assert all(order[t] // 2 == order[t + 1] // 2 for t in range(0, 40, 2))
+
+
+def test_each_image_taken_from_the_walk_is_followed_by_a_partner_not_yet_placed():
+    generator = torch.Generator().manual_seed(1)
+    partners = torch.randint(0, 200, (200, 3), generator=generator)
+    partners[partners == torch.arange(200)[:, None]] = -1
+    partners[torch.rand(200, 3, generator=generator) < 0.3] = -1
+    torch.manual_seed(2)
+    order = partner_order(partners).tolist()
+    assert sorted(order) == list(range(200))
+    position = {image: t for t, image in enumerate(order)}
+    t, followed = 0, 0
+    while t < len(order):  # order[t] came from the walk; a partner placed after it must come right after it
+        later = [p for p in partners[order[t]].tolist() if p >= 0 and position[p] > t]
+        if later:
+            assert order[t + 1] in later
+            followed += 1
+        t += 2 if later else 1
+    assert followed > 50  # the property was exercised, not vacuously true
+    torch.manual_seed(2)
+    assert partner_order(partners).tolist() == order  # the global RNG decides it all
+
+
+def test_partner_mask_is_symmetric_without_diagonal():
+    partners = torch.tensor([[3, -1], [-1, -1], [5, 0], [-1, -1], [-1, -1], [-1, -1]])
+    indices = torch.tensor([2, 0, 3, 1])  # 5 is not in the batch
+    mask = partner_mask(indices, partners)
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    for a, b in [(0, 1), (1, 2)]:  # images 2-0 (mined by 2), 0-3 (mined by 0)
+        expected[a, b] = expected[b, a] = True
+    assert torch.equal(mask, expected)
+
+
+def test_widened_masks_add_partners_to_the_instance_positives():
+    partners_in_batch = torch.tensor([[False, True, False], [True, False, False], [False, False, False]])
+    views = same_image_or_partners(partners_in_batch, num_views=2)
+    assert torch.equal(views & ~same_image(3, 2), partners_in_batch.repeat(2, 2))
+    assert not views.diagonal().any()
+    keys = own_key_or_partners(partners_in_batch, num_candidates=7)
+    assert keys.shape == (3, 7) and not keys[:, 3:].any()  # the queue holds negatives only
+    assert torch.equal(keys[:, :3], torch.eye(3, dtype=torch.bool) | partners_in_batch)
+    none = torch.zeros(3, 3, dtype=torch.bool)
+    assert torch.equal(same_image_or_partners(none, 2), same_image(3, 2))
+    assert torch.equal(own_key_or_partners(none, 7), own_key(3, 7))
+
+
+# -- losses against float64 references -------------------------------------------------------
+
+
+def reference_simclr_with_partners(z1, z2, partner_pairs, tau):
+    """Multi-positive NT-Xent written out: a view's positives are its image's other view and both views of its partners."""
+    z = torch.cat([z1, z2]).double()
+    z = z / z.norm(dim=1, keepdim=True)
+    n = len(z1)
+    image = lambda a: a % n  # noqa: E731
+    partnered = {(a, b) for a, b in partner_pairs} | {(b, a) for a, b in partner_pairs}
+    total = 0.0
+    for a in range(2 * n):
+        positives = [p for p in range(2 * n) if p != a and (image(p) == image(a) or (image(a), image(p)) in partnered)]
+        denominator = sum(math.exp(float(z[a] @ z[b]) / tau) for b in range(2 * n) if b != a)
+        total += -sum(math.log(math.exp(float(z[a] @ z[p]) / tau) / denominator) for p in positives) / len(positives)
+    return total / (2 * n)
+
+
+def reference_moco_with_partners(q, k, queue, partner_pairs, tau):
+    """InfoNCE written out: query i's positives are key i and its partners' keys; negatives the rest and the queue."""
+    q, candidates = q.double(), torch.cat([k, queue]).double()
+    q, candidates = q / q.norm(dim=1, keepdim=True), candidates / candidates.norm(dim=1, keepdim=True)
+    partnered = {(a, b) for a, b in partner_pairs} | {(b, a) for a, b in partner_pairs}
+    total = 0.0
+    for i in range(len(q)):
+        positives = [i] + [j for j in range(len(k)) if (i, j) in partnered]
+        denominator = sum(math.exp(float(q[i] @ c) / tau) for c in candidates)
+        total += -sum(math.log(math.exp(float(q[i] @ candidates[p]) / tau) / denominator) for p in positives) / len(positives)
+    return total / len(q)
+
+
+def mask_of(pairs, n):
+    mask = torch.zeros(n, n, dtype=torch.bool)
+    for a, b in pairs:
+        mask[a, b] = mask[b, a] = True
+    return mask
+
+
+@pytest.mark.parametrize("pairs", [[], [(0, 3)], [(0, 3), (1, 2), (3, 4)]])
+def test_simclr_with_partners_equals_float64_reference(pairs):
+    torch.manual_seed(len(pairs))
+    z1, z2 = torch.randn(6, 8), torch.randn(6, 8) * 2
+    loss = nt_xent(torch.cat([z1, z2]), same_image_or_partners(mask_of(pairs, 6), 2), 0.5)
+    assert loss.item() == pytest.approx(reference_simclr_with_partners(z1, z2, pairs, 0.5), rel=1e-5)
+
+
+@pytest.mark.parametrize("pairs", [[], [(0, 3)], [(0, 3), (1, 2), (3, 4)]])
+def test_moco_with_partners_equals_float64_reference(pairs):
+    torch.manual_seed(10 + len(pairs))
+    q, k, queue = torch.randn(5, 8), torch.randn(5, 8), torch.randn(11, 8)
+    candidates = torch.cat([k, queue])
+    loss = info_nce(q, candidates, own_key_or_partners(mask_of(pairs, 5), len(candidates)), 0.2)
+    assert loss.item() == pytest.approx(reference_moco_with_partners(q, k, queue, pairs, 0.2), rel=1e-5)
+
+
+def test_partner_attraction_equals_reference_and_stops_gradient_at_the_target():
+    torch.manual_seed(4)
+    p = torch.randn(5, 6, requires_grad=True)
+    z = torch.randn(5, 6, requires_grad=True)
+    mask = mask_of([(0, 2), (3, 4)], 5)
+    loss = partner_negative_cosine(p, z, mask)
+    pd, zd = p.detach().double(), z.detach().double()
+    ordered = [(0, 2), (2, 0), (3, 4), (4, 3)]
+    expected = -sum(float(pd[a] @ zd[b] / (pd[a].norm() * zd[b].norm())) for a, b in ordered) / len(ordered)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert z.grad is None
+    assert (p.grad[[0, 2, 3, 4]].abs().sum(1) > 0).all() and (p.grad[1] == 0).all()  # image 1 has no partner
+    assert partner_negative_cosine(p, z, torch.zeros(5, 5, dtype=torch.bool)).item() == 0.0
+
+
+# -- the methods ---------------------------------------------------------------------------------
+
+
+def sepp_parts(base: str, *extra: str):
+    config = build_config(flags={"method.name": f"sepp_{base}"}, overrides=TINY + HEADS[base] + list(extra))
+    return build_parts(config)
+
+
+@pytest.mark.parametrize("base", sorted(HEADS))
+def test_sepp_equals_its_base_without_pairs_and_differs_with_them(base):
+    torch.manual_seed(0)
+    plain = build_parts(build_config(flags={"method.name": base}, overrides=TINY + HEADS[base]))
+    torch.manual_seed(0)
+    sepp = sepp_parts(base)
+    images = plain.splits.train.images[:32]
+    torch.manual_seed(1)
+    views = plain.views(images, 2)
+    indices = torch.arange(32)
+    torch.manual_seed(2)  # MoCo's shuffle-BN draws a permutation
+    expected = plain.method.training_step(Batch(views, indices)).loss
+    torch.manual_seed(2)
+    assert sepp.method.training_step(Batch(views, indices)).loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    sepp.method.partners[indices, 0] = indices ^ 1  # 0<->1, 2<->3, ...
+    torch.manual_seed(2)
+    out = sepp.method.training_step(Batch(views, indices))
+    assert out.loss.item() != pytest.approx(expected.item(), rel=1e-3)
+    assert out.logs["batch_partners"].item() == 1.0
+
+
+def test_moco_mines_with_its_momentum_backbone_and_no_gradient_reaches_it():
+    parts = sepp_parts("moco_v2")
+    method = parts.method
+    encoder, modules = method.mining_encoder()
+    assert encoder is method.key_encoder.network[0] and modules == (method.key_encoder,)
+    images = parts.splits.train.images[:16]
+    method.partners[torch.arange(16), 0] = torch.arange(16) ^ 1
+    method.training_step(Batch(parts.views(images, 2), torch.arange(16))).loss.backward()
+    assert all(p.grad is None for p in method.key_encoder.parameters())
+    assert all(p.grad is not None for p in method.backbone.parameters())
+
+
+def training_images(parts) -> TrainingImages:
+    train = parts.splits.train
+    return TrainingImages(train.images, train.labels, parts.views, parts.device, 512)
+
+
+def test_pairs_refresh_on_schedule_and_land_in_the_buffer(monkeypatch):
+    parts = sepp_parts("simclr", "positives.warmup_epochs=2", "positives.refresh_every=3", "positives.neighbours=2")
+    mined_at = []
+    mine = sampler.mine_partners
+
+    def counting(features, neighbours, threshold):
+        mined_at.append(epoch)
+        assert features.shape == (len(parts.splits.train), parts.method.backbone.feature_dim)
+        return mine(features, neighbours, threshold)
+
+    monkeypatch.setattr(sampler, "mine_partners", counting)
+    images = training_images(parts)
+    logged = []
+    for epoch in range(10):
+        logs = parts.method.on_epoch_start(epoch, images)
+        if logs:
+            logged.append(epoch)
+            assert set(logs) == {"pairs", "images_with_partner", "pair_similarity", "pair_precision"}
+            assert logs["pairs"] == 2 * len(parts.splits.train) and 0 <= logs["pair_precision"] <= 1
+    assert mined_at == logged == [2, 5, 8]
+    partners = parts.method.partners
+    assert (partners >= 0).all() and not (partners == torch.arange(len(partners))[:, None]).any()
+
+
+def test_a_given_encoder_is_mined_once_from_the_start_with_its_own_views(tmp_path):
+    encoder_run = tmp_path / "encoder"
+    start_run(build_config(flags={"train.epochs": 0}, overrides=TINY + HEADS["simclr"]), encoder_run)
+    for path in (encoder_run, encoder_run / CHECKPOINT):
+        parts = sepp_parts("moco_v2", f"positives.encoder={path}")
+        assert parts.config.positives.first_mining_epoch() == 0
+        given, _ = load_model(encoder_run)
+        features = training_images(parts)
+        expected = mine_partners(
+            TrainingImages(features.images, None, given.views, given.device, 512).encode(given.method.embed, given.method), 1
+        ).partners
+        assert parts.method.on_epoch_start(0, features)["pairs"] > 0
+        assert torch.equal(parts.method.partners, expected)
+        assert [e for e in range(12) if parts.method.is_mining_epoch(e)] == [0]
+
+
+def test_an_encoder_for_other_images_or_a_missing_one_is_a_clear_error(tmp_path):
+    import numpy as np
+
+    encoder_run = tmp_path / "encoder"
+    start_run(build_config(flags={"train.epochs": 0}, overrides=TINY + HEADS["simclr"]), encoder_run)
+    path = tmp_path / "rgb.npz"
+    np.savez(path, x=np.random.default_rng(0).integers(0, 256, (40, 12, 12, 3), dtype=np.uint8))
+    config = build_config(
+        flags={"method.name": "sepp_simclr", "data.dataset": "npz", "data.root": str(path)},
+        overrides=TINY + HEADS["simclr"] + ["optim.batch_size=16", "eval.clusters=2", f"positives.encoder={encoder_run}"],
+    )
+    parts = build_parts(config)
+    with pytest.raises(UserError, match="trained on 1-channel 8×8 images but the training images are 3-channel 12×12"):
+        parts.method.on_epoch_start(0, training_images(parts))
+    config.positives.encoder = str(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="no checkpoint at"):
+        parts.method.on_epoch_start(0, training_images(parts))
+
+
+def test_resumed_sepp_run_equals_uninterrupted_run(tmp_path, monkeypatch):
+    overrides = TINY + HEADS["simclr"] + ["train.checkpoint_every=1", "positives.warmup_epochs=0", "positives.refresh_every=2"]
+    config = build_config(flags={"method.name": "sepp_simclr", "train.epochs": 2}, overrides=overrides)
+    whole = tmp_path / "whole"
+    start_run(config, whole)
+    save = Trainer.save
+
+    def save_then_crash(self):
+        save(self)
+        if self.epoch == 1:  # after a mining epoch and before the next one: resumes on the saved pairs
+            raise KeyboardInterrupt
+
+    interrupted = tmp_path / "interrupted"
+    monkeypatch.setattr(Trainer, "save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        start_run(config, interrupted)
+    monkeypatch.setattr(Trainer, "save", save)
+    resume_run(interrupted)
+
+    def losses(run):
+        return [(r["step"], r["loss"]) for r in read_log(run) if r["kind"] == "step"]
+
+    assert losses(interrupted) == losses(whole)
+    assert [r["epoch"] for r in read_log(whole) if r["kind"] == "method"] == [0]
+    a = torch.load(whole / CHECKPOINT, weights_only=True)["method"]
+    b = torch.load(interrupted / CHECKPOINT, weights_only=True)["method"]
+    assert torch.equal(a["partners"], b["partners"]) and (a["partners"] >= 0).any()
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+
+def test_positives_config_defaults_and_errors(tmp_path):
+    config = build_config(flags={"method.name": "sepp_simsiam"})
+    assert config.positives.neighbours == 1 and config.positives.first_mining_epoch() == 10
+    given = build_config(flags={"method.name": "sepp_simsiam"}, overrides=["positives.encoder=some/run"])
+    assert given.positives.encoder.startswith("/") and given.positives.first_mining_epoch() == 0
+    assert build_config(flags={"method.name": "simclr"}).positives is None
+    with pytest.raises(UserError, match="positives.neighbours, positives.threshold is set but method 'simclr'"):
+        build_config(overrides=["positives.neighbours=2", "positives.threshold=0.9"])
+    with pytest.raises(UserError, match="'positives.threshold'"):
+        build_config(flags={"method.name": "sepp_simclr"}, overrides=["positives.threshold=1.5"])
+    with pytest.raises(UserError, match="unknown key 'positives.k'"):
+        build_config(flags={"method.name": "sepp_simclr"}, overrides=["positives.k=3"])
+    with pytest.raises(UserError, match="'method.partner_weight'"):
+        build_config(flags={"method.name": "sepp_simsiam"}, overrides=["method.partner_weight=-1"])
+
+
+def test_saved_configs_validate_again():
+    import yaml
+
+    for method in ("simclr", "sepp_moco_v2"):
+        config = build_config(flags={"method.name": method})
+        assert build_config(yaml.safe_load(config.to_yaml())) == config
