@@ -20,6 +20,10 @@ SMALL_HEADS = {
     "byol": ["method.projection_hidden_dim=64", "method.projection_dim=32", "method.predictor_hidden_dim=64"],
     "center_predictor": ["method.projection_hidden_dim=64", "method.projection_dim=32"],
     "cc": ["method.projection_hidden_dim=64", "method.projection_dim=32", "method.cluster_hidden_dim=32"],
+    "interclr": ["method.projection_hidden_dim=64", "method.projection_dim=32", "method.queue_size=512", "method.momentum=0.99",
+                 "method.num_clusters=20", "method.min_cluster_size=5", "method.negative_pool=256", "method.negatives=64"],
+    "pcl": ["method.projection_hidden_dim=64", "method.projection_dim=32", "method.queue_size=512", "method.momentum=0.99",
+            "method.num_clusters=[10,20]", "method.warmup_epochs=1", "method.concentration_floor=0.5"],
 }
 # SePP on each base, its partners mined from epoch 1 on so that the short runs below train with them.
 SMALL_HEADS |= {

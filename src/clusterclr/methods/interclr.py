@@ -1,0 +1,155 @@
+"""InterCLR (Xie et al., IJCV 2022, arXiv 2008.11702): MoCo v2 plus inter-image contrast through online clustering.
+
+The intra-image branch is MoCo v2 as it is. The inter-image branch takes
+the same queries to a memory bank holding one momentum-encoder feature and
+one pseudo-label per training image (``memory/bank.py``): the positive is
+the bank feature of a cluster mate, the negatives semi-hard bank features
+of other clusters (``positives/cluster_mates.py``), and the loss is
+InfoNCE with a margin on the positive logit (``losses/inter_image.py``).
+Total: ``intra_weight``·intra + ``inter_weight``·inter (0.75 and 0.25).
+
+Before the first epoch the bank is filled with the momentum encoder's
+features of every clean training image and clustered by k-means. After
+each optimiser step the batch's keys overwrite their images' rows and are
+relabelled to the nearest centroid; every ``refresh_every`` steps the
+centroids are recomputed, small clusters dissolved and empty ones refilled.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+
+from clusterclr.clustering.diagnostics import pseudo_label_report
+from clusterclr.losses.contrastive import info_nce
+from clusterclr.losses.inter_image import margin_info_nce
+from clusterclr.memory.bank import MemoryBank
+from clusterclr.errors import UserError
+from clusterclr.methods.base import Batch, DataInfo, StepOutput, TrainingImages, normalised_std
+from clusterclr.methods.moco_v2 import MoCoV2, MoCoV2Options
+from clusterclr.methods.registry import register_method
+from clusterclr.models.backbones import ResNet
+from clusterclr.models.split_batch import forward_in_groups
+from clusterclr.positives.cluster_mates import cluster_mates, semi_hard_negatives
+from clusterclr.positives.views import own_key
+
+
+class InterCLROptions(MoCoV2Options):
+    # Pseudo-label clusters; default: the number of classes; the paper: 10,000 on ImageNet. Not a cluster
+    # head: evaluation k-means keeps eval.clusters (default: the number of classes).
+    num_clusters: int | None = Field(None, ge=2)
+    refresh_every: PositiveInt = 10  # steps between centroid refreshes
+    min_cluster_size: NonNegativeInt = 20  # smaller clusters are dissolved at a refresh
+    intra_weight: NonNegativeFloat = 0.75
+    inter_weight: NonNegativeFloat = 0.25
+    inter_temperature: PositiveFloat = 0.2
+    margin: float = -0.5  # the positive logit is (cos − margin)/τ: negative loosens
+    negatives: PositiveInt = 16384  # per query
+    negative_pool: PositiveInt = 128000  # the most similar bank entries they are drawn from
+    bank_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    init_kmeans_restarts: PositiveInt = 3
+    warmup_epochs: NonNegativeInt = 0  # epochs of MoCo alone (the bank still follows the keys)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InterCLROptions:
+        if self.negatives > self.negative_pool:
+            raise ValueError(f"negatives={self.negatives} cannot be drawn from a negative_pool of {self.negative_pool}")
+        if self.intra_weight == self.inter_weight == 0:
+            raise ValueError("intra_weight and inter_weight are both 0: nothing to train")
+        return self
+
+
+@register_method
+class InterCLR(MoCoV2):
+    """InterCLR: MoCo v2 plus margin InfoNCE against cluster mates and semi-hard negatives of an online-clustered bank."""
+
+    name = "interclr"
+    Options = InterCLROptions
+
+    def __init__(self, backbone: ResNet, options: InterCLROptions, data: DataInfo) -> None:
+        super().__init__(backbone, options, data)
+        if options.negative_pool >= data.num_images:
+            warnings.warn(
+                f"method.negative_pool={options.negative_pool} is not below the {data.num_images} training images: "
+                f"negatives are drawn from the whole bank, not the semi-hard ones; consider "
+                f"method.negative_pool={max(data.num_images // 5, 1)}",
+                stacklevel=2,
+            )
+        clusters = options.num_clusters or data.num_classes
+        if clusters is None:
+            raise UserError("the training data has no labels to count clusters from: set method.num_clusters=K")
+        if clusters > data.num_images:
+            raise UserError(f"method.num_clusters={clusters} exceeds the {data.num_images} training images")
+        self.bank = MemoryBank(
+            data.num_images,
+            options.projection_dim,
+            clusters,
+            options.refresh_every,
+            options.min_cluster_size,
+            getattr(torch, options.bank_dtype),
+        )
+        self._bank_update: tuple[torch.Tensor, torch.Tensor] | None = None
+        # Whether the inter-image loss is on, in a buffer too: a run resumed mid-epoch skips
+        # on_epoch_start and reads the switch back from its checkpoint.
+        self.register_buffer("inter_active", torch.tensor(options.warmup_epochs == 0))
+        self._inter_active = options.warmup_epochs == 0
+        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_inter_active", bool(module.inter_active)))
+        self._true_labels: torch.Tensor | None = None  # diagnostics only
+
+    def on_epoch_start(self, epoch: int, images: TrainingImages) -> dict[str, Any]:
+        if epoch == 0:
+            # Batch statistics: the untrained encoder's running statistics describe nothing yet.
+            features = images.encode(self.key_encoder, self.key_encoder, batch_statistics=True)
+            self.bank.initialise(features, seed=images.seed, restarts=self.options.init_kmeans_restarts)
+        self._inter_active = epoch >= self.options.warmup_epochs
+        self.inter_active.fill_(self._inter_active)
+        self._true_labels = None if images.labels is None else images.labels.to(self.bank.labels.device)
+        return pseudo_label_report(self.bank.labels, self.bank.num_clusters, images.labels)
+
+    def training_step(self, batch: Batch) -> StepOutput:
+        o = self.options
+        first, second = batch.views
+        pairs = [(first, second), (second, first)] if o.symmetric else [(first, second)]
+        intra, inter, keys = [], [], []
+        logs: dict[str, torch.Tensor] = {}
+        for query_view, key_view in pairs:
+            q = forward_in_groups(self._query, query_view, o.bn_groups, shuffle=False)
+            k = forward_in_groups(self.key_encoder, key_view, o.bn_groups, shuffle=True)
+            candidates = torch.cat([k, self.queue.keys()])
+            intra.append(info_nce(q, candidates, own_key(len(q), len(candidates), q.device), o.temperature))
+            if self._inter_active:
+                inter.append(self._inter_image_loss(q, batch.indices, logs))
+            keys.append(k)
+        # Like the queue, the bank takes this batch's keys only after the optimiser step (one key per image).
+        self._new_keys = torch.cat(keys)
+        self._bank_update = (batch.indices, keys[0])
+        intra_loss = torch.stack(intra).mean()
+        logs.update(intra=intra_loss.detach(), output_std=normalised_std(q))
+        if inter:
+            inter_loss = torch.stack(inter).mean()
+            loss = o.intra_weight * intra_loss + o.inter_weight * inter_loss
+            logs["inter"] = inter_loss.detach()
+        else:
+            loss = intra_loss
+        return StepOutput(loss, {"loss": loss.detach(), **logs})
+
+    def _inter_image_loss(self, q: torch.Tensor, indices: torch.Tensor, logs: dict[str, torch.Tensor]) -> torch.Tensor:
+        o, bank = self.options, self.bank
+        positives = cluster_mates(bank.labels, indices, bank.num_clusters)
+        with torch.no_grad():
+            similarities = q.detach().to(bank.features.dtype) @ bank.features.T
+        negatives, valid = semi_hard_negatives(similarities, bank.labels, bank.labels[indices], o.negative_pool, o.negatives)
+        if self._true_labels is not None:
+            logs["positive_precision"] = (self._true_labels[positives] == self._true_labels[indices]).float().mean()
+        return margin_info_nce(
+            q, bank.features[positives], bank.features[negatives], o.margin, o.inter_temperature, valid
+        )
+
+    def after_optimizer_step(self, progress: float) -> None:
+        super().after_optimizer_step(progress)
+        if self._bank_update is not None:
+            self.bank.write(*self._bank_update)
+            self._bank_update = None

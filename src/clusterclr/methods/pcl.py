@@ -1,0 +1,144 @@
+"""PCL, Prototypical Contrastive Learning (Li et al., ICLR 2021): MoCo v2's InfoNCE plus ProtoNCE.
+
+The queries of MoCo v2 are also contrasted with k-means prototypes of the
+whole training set, at one or more granularities, each prototype with its
+own temperature, the concentration of its cluster (``losses/proto_nce.py``).
+After ``warmup_epochs`` of InfoNCE alone, every epoch starts by encoding
+every clean training image with the momentum encoder and clustering the
+features afresh (``clustering/prototypes.py``). Loss: InfoNCE +
+``proto_weight``·ProtoNCE term.
+
+It shares InterCLR's clustering parts (faiss k-means, the pseudo-label
+diagnostics) but keeps no memory bank: it clusters a fresh pass over the
+data each epoch, so per-image features would be 656 MB at ImageNet scale
+held for nothing; only the labels, prototypes and φ are kept, as buffers.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import torch
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
+from torch import nn
+
+from clusterclr.clustering.diagnostics import pseudo_label_report
+from clusterclr.clustering.prototypes import Prototypes
+from clusterclr.errors import UserError
+from clusterclr.losses.contrastive import info_nce
+from clusterclr.losses.proto_nce import proto_nce
+from clusterclr.methods.base import Batch, DataInfo, StepOutput, TrainingImages, normalised_std
+from clusterclr.methods.moco_v2 import MoCoV2, MoCoV2Options
+from clusterclr.methods.registry import register_method
+from clusterclr.models.backbones import ResNet
+from clusterclr.models.split_batch import forward_in_groups
+from clusterclr.positives.views import own_key
+
+
+class PCLOptions(MoCoV2Options):
+    # Clusters per granularity; default: one clustering into the number of classes. The paper:
+    # 25,000, 50,000 and 100,000 on ImageNet. Evaluation k-means keeps eval.clusters (default: the classes).
+    num_clusters: list[Annotated[int, Field(ge=2)]] | None = Field(None, min_length=1)
+    warmup_epochs: NonNegativeInt = 20  # InfoNCE alone before the first clustering
+    proto_weight: NonNegativeFloat = 1.0
+    # r: prototypes in each denominator besides the batch's own; default all of them.
+    prototype_negatives: PositiveInt | None = None
+    concentration_alpha: PositiveFloat = 10.0
+    concentration_floor: float = Field(0.0, ge=0, le=1)  # φ ≥ floor × mean φ; 0 is the paper (losses/proto_nce.py)
+    kmeans_iterations: PositiveInt = 20
+    kmeans_restarts: PositiveInt = 3
+
+    @field_validator("num_clusters")
+    @classmethod
+    def _distinct(cls, num_clusters: list[int] | None) -> list[int] | None:
+        if num_clusters is not None and len(set(num_clusters)) < len(num_clusters):
+            raise ValueError(f"granularities must differ, got {num_clusters}")
+        return num_clusters
+
+
+@register_method
+class PCL(MoCoV2):
+    """PCL: MoCo v2's InfoNCE plus ProtoNCE against k-means prototypes with per-cluster concentration."""
+
+    name = "pcl"
+    Options = PCLOptions
+
+    def __init__(self, backbone: ResNet, options: PCLOptions, data: DataInfo) -> None:
+        super().__init__(backbone, options, data)
+        if options.num_clusters is None and data.num_classes is None:
+            raise UserError("the training data has no labels to count clusters from: set method.num_clusters=[K, ...]")
+        granularities = options.num_clusters or [data.num_classes]
+        for k in granularities:
+            if k > data.num_images:
+                raise UserError(f"method.num_clusters: {k} clusters exceed the {data.num_images} training images")
+        self.prototypes = nn.ModuleList(Prototypes(data.num_images, options.projection_dim, k) for k in granularities)
+        # Whether ProtoNCE is on, in a buffer too: a run resumed mid-epoch skips on_epoch_start
+        # and reads the switch back from its checkpoint.
+        self.register_buffer("proto_active", torch.tensor(False))
+        self._proto_active = False
+        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_proto_active", bool(module.proto_active)))
+
+    def on_epoch_start(self, epoch: int, images: TrainingImages) -> dict[str, Any]:
+        o = self.options
+        self._proto_active = epoch >= o.warmup_epochs
+        self.proto_active.fill_(self._proto_active)
+        if not self._proto_active:
+            return {}
+        # Batch statistics only before any training: then the running statistics describe nothing yet.
+        features = images.encode(self.key_encoder, self.key_encoder, batch_statistics=epoch == 0)
+        logs: dict[str, Any] = {}
+        for i, prototypes in enumerate(self.prototypes):
+            seed = (images.seed * 1_000_003 + epoch * len(self.prototypes) + i) % 2**31
+            inertia = prototypes.fit(
+                features, o.temperature, seed, o.kmeans_iterations, o.kmeans_restarts, o.concentration_alpha, o.concentration_floor
+            )
+            report = pseudo_label_report(prototypes.labels, prototypes.num_clusters, images.labels)
+            report.update(
+                inertia=inertia,
+                concentration_min=float(prototypes.concentration.min()),
+                concentration_max=float(prototypes.concentration.max()),
+            )
+            logs.update({f"k{prototypes.num_clusters}_{key}": value for key, value in report.items()})
+        return logs
+
+    def training_step(self, batch: Batch) -> StepOutput:
+        o = self.options
+        first, second = batch.views
+        pairs = [(first, second), (second, first)] if o.symmetric else [(first, second)]
+        instance, prototype, keys = [], [], []
+        for query_view, key_view in pairs:
+            q = forward_in_groups(self._query, query_view, o.bn_groups, shuffle=False)
+            k = forward_in_groups(self.key_encoder, key_view, o.bn_groups, shuffle=True)
+            candidates = torch.cat([k, self.queue.keys()])
+            instance.append(info_nce(q, candidates, own_key(len(q), len(candidates), q.device), o.temperature))
+            if self._proto_active:
+                prototype.append(proto_nce(
+                    q,
+                    [p.centroids for p in self.prototypes],
+                    [p.labels[batch.indices] for p in self.prototypes],
+                    [p.concentration for p in self.prototypes],
+                    [self._included(p, batch.indices) for p in self.prototypes],
+                ))
+            keys.append(k)
+        self._new_keys = torch.cat(keys)  # enqueued after the optimiser step
+        info_nce_loss = torch.stack(instance).mean()
+        logs = {"info_nce": info_nce_loss.detach(), "output_std": normalised_std(q)}
+        loss = info_nce_loss
+        if prototype:
+            proto_loss = torch.stack(prototype).mean()
+            loss = loss + o.proto_weight * proto_loss
+            logs["proto_nce"] = proto_loss.detach()
+        return StepOutput(loss, {"loss": loss.detach(), **logs})
+
+    def _included(self, prototypes: Prototypes, indices: torch.Tensor) -> torch.Tensor | None:
+        """The prototypes in the denominator: the batch's own plus ``prototype_negatives`` drawn from the rest."""
+        r = self.options.prototype_negatives
+        if r is None or r >= prototypes.num_clusters:
+            return None
+        own = torch.zeros(prototypes.num_clusters, dtype=torch.bool, device=indices.device)
+        own[prototypes.labels[indices]] = True
+        # Random keys pick r of the others uniformly; the batch's own rank below all of them.
+        keys = torch.rand(prototypes.num_clusters, device=indices.device).masked_fill(own, -1.0)
+        included = own.clone()
+        included[keys.topk(r).indices] = True
+        return included
