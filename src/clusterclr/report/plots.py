@@ -76,7 +76,7 @@ def _colours(count: int) -> np.ndarray:
 
 def scatter_map(xy: np.ndarray, groups: np.ndarray, names: Sequence[str], title: str) -> bytes:
     """The 2-D map, one colour per group (cluster or class), with a legend when there are few groups."""
-    figure = Figure(figsize=(6.5, 5.5))
+    figure = Figure(figsize=(5.0, 4.2))
     ax = figure.subplots()
     colours = _colours(len(names))
     size = 12 if len(xy) < 1000 else 5
@@ -92,11 +92,14 @@ def scatter_map(xy: np.ndarray, groups: np.ndarray, names: Sequence[str], title:
 
 @dataclass(frozen=True)
 class MatchedTable:
-    """Class × cluster counts with the columns reordered so that matched pairs lie on the diagonal."""
+    """Class × cluster counts, columns reordered: each class's matched cluster in class order, then the rest.
+
+    With at least as many clusters as classes, the matched pairs are the diagonal.
+    """
 
     counts: np.ndarray  # (classes, clusters) int64
     cluster_order: np.ndarray  # the cluster of each column
-    matched: int  # images on the matched diagonal: ACC × N
+    matched: int  # images in matched (class, cluster) pairs: ACC × N
 
 
 def matched_table(labels: np.ndarray, clusters: np.ndarray, num_classes: int, num_clusters: int) -> MatchedTable:

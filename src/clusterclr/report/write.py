@@ -40,7 +40,7 @@ def _plots(content: ReportContent) -> list[Plot]:
         table = matched_table(content.labels, assignments.cluster, len(_class_names(content)), assignments.clusters)
         plots.append(Plot(
             "confusion_matrix.png",
-            "images per class and cluster; clusters reordered so each class's Hungarian-matched cluster is on the diagonal",
+            "images per class and cluster; clusters in the order of the classes they are matched to (Hungarian), unmatched last",
             confusion_matrix(table, _class_names(content)),
         ))
     plots.append(Plot("cluster_sizes.png", f"images per cluster (assigned by {assignments.by})", cluster_sizes(assignments.sizes())))
