@@ -25,6 +25,11 @@ EVAL_CURVES = ("knn_acc", "kmeans_nmi", "kmeans_acc", "kmeans_ari", "head_nmi", 
 MAX_LABELLED = 20
 
 
+def _plain(name: object) -> str:
+    """A name as literal text: matplotlib would read "$...$" in it as maths (and fail on bad maths)."""
+    return str(name).replace("$", r"\$")
+
+
 def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
@@ -83,7 +88,7 @@ def scatter_map(xy: np.ndarray, groups: np.ndarray, names: Sequence[str], title:
     for g, name in enumerate(names):
         mask = groups == g
         if mask.any():
-            ax.scatter(xy[mask, 0], xy[mask, 1], s=size, color=colours[g], label=name, linewidths=0)
+            ax.scatter(xy[mask, 0], xy[mask, 1], s=size, color=colours[g], label=_plain(name), linewidths=0)
     ax.set(title=title, xticks=[], yticks=[])
     if len(names) <= MAX_LABELLED:
         ax.legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
@@ -125,7 +130,7 @@ def confusion_matrix(table: MatchedTable, class_names: Sequence[str]) -> bytes:
     accuracy = table.matched / max(1, int(counts.sum()))
     ax.set(xlabel="cluster (matched order)", ylabel="class", title=f"classes vs clusters (Hungarian ACC {accuracy:.3f})")
     if classes <= MAX_LABELLED:
-        ax.set_yticks(range(classes), [str(name) for name in class_names], fontsize=8)
+        ax.set_yticks(range(classes), [_plain(name) for name in class_names], fontsize=8)
     if clusters <= 2 * MAX_LABELLED:
         ax.set_xticks(range(clusters), [str(c) for c in table.cluster_order], fontsize=8)
     if classes <= MAX_LABELLED and clusters <= MAX_LABELLED:
