@@ -6,8 +6,9 @@ order), ``centroids.npy`` and a report with a gallery per cluster;
 optionally the images are copied into one folder per cluster.
 
 The default method is SimCLR with k-means on its features: on real photos
-(the CIFAR-10 subset) it gave the best clusters of our methods at a CPU
-budget, while the cluster-head methods collapsed there (BENCHMARKS.md).
+(the CIFAR-10 subset, at a CPU budget) its k-means clusters scored best of
+the methods measured there, and the centre predictor's head collapsed there
+(BENCHMARKS.md); ``--method cc`` or ``center_predictor`` assign by a head.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ def cluster_config(request: ClusterRequest, images: int) -> Config:
     options = get_method(config.method.name).Options.model_fields
     for key in ("clusters", "num_clusters"):
         if key in options and config.method.options().get(key) is None:
+            # PCL takes a list of granularities; the others one number.
             value = [request.clusters] if "list" in str(options[key].annotation) else request.clusters
             config = build_config(merge(defaults, user), {**flags, f"method.{key}": value}, request.overrides)
     return config
