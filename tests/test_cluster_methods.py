@@ -17,7 +17,7 @@ from clusterclr.train import start_run
 TINY = [
     "model.width=0.125",
     "optim.batch_size=128",
-    "train.progress=false",
+    "train.progress=false", "train.report=false",
     "train.eval_every=0",
     "train.log_every=1",
     "method.projection_hidden_dim=64",

@@ -98,7 +98,7 @@ def test_skipped_files_are_counted_and_listed_in_the_run_directory(tmp_path, mon
         flags={"data.dataset": "folder", "data.root": str(root), "train.epochs": 1},
         overrides=[
             "data.skip_bad=true", "data.image_size=8", "model.width=0.125", "optim.batch_size=8", "eval.clusters=2",
-            "train.progress=false", "train.num_threads=1", "method.projection_hidden_dim=16", "method.projection_dim=8",
+            "train.progress=false", "train.report=false", "train.num_threads=1", "method.projection_hidden_dim=16", "method.projection_dim=8",
         ],
     )
     threads = torch.get_num_threads()

@@ -26,7 +26,7 @@ from clusterclr.runlog import read_log
 from clusterclr.train import resume_run, start_run
 
 TINY = [
-    "model.width=0.125", "optim.batch_size=128", "train.progress=false", "train.eval_every=0",
+    "model.width=0.125", "optim.batch_size=128", "train.progress=false", "train.report=false", "train.eval_every=0",
     "train.checkpoint_every=1", "train.log_every=1", "train.num_threads=1", "train.device=cpu",
     "method.projection_hidden_dim=64", "method.projection_dim=32",
 ]

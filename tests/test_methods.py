@@ -12,7 +12,7 @@ from clusterclr.methods.registry import method_summaries
 from clusterclr.runlog import read_log
 from clusterclr.train import start_run
 
-TINY = ["model.width=0.125", "optim.batch_size=128", "train.progress=false", "train.eval_every=0", "train.log_every=1"]
+TINY = ["model.width=0.125", "optim.batch_size=128", "train.progress=false", "train.report=false", "train.eval_every=0", "train.log_every=1"]
 SMALL_HEADS = {
     "simclr": ["method.projection_hidden_dim=64", "method.projection_dim=32"],
     "moco_v2": ["method.projection_hidden_dim=64", "method.projection_dim=32", "method.queue_size=512", "method.momentum=0.99"],

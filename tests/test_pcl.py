@@ -22,7 +22,7 @@ from clusterclr.runlog import read_log
 from clusterclr.train import CHECKPOINT, resume_run, start_run
 
 TINY = [
-    "method.name=pcl", "model.width=0.125", "optim.batch_size=128", "train.progress=false",
+    "method.name=pcl", "model.width=0.125", "optim.batch_size=128", "train.progress=false", "train.report=false",
     "train.eval_every=0", "train.log_every=1", "method.projection_hidden_dim=64", "method.projection_dim=32",
     "method.queue_size=512", "method.momentum=0.99", "method.num_clusters=[10,20]", "method.warmup_epochs=1",
 ]

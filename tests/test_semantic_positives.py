@@ -25,7 +25,7 @@ from clusterclr.positives.views import own_key, same_image
 from clusterclr.runlog import read_log
 from clusterclr.train import Trainer, resume_run, start_run
 
-TINY = ["model.width=0.125", "optim.batch_size=128", "train.progress=false", "train.eval_every=0", "train.log_every=1"]
+TINY = ["model.width=0.125", "optim.batch_size=128", "train.progress=false", "train.report=false", "train.eval_every=0", "train.log_every=1"]
 HEADS = {
     "simclr": ["method.projection_hidden_dim=32", "method.projection_dim=16"],
     "moco_v2": ["method.projection_hidden_dim=32", "method.projection_dim=16", "method.queue_size=256"],

@@ -13,7 +13,7 @@ from clusterclr.train import CHECKPOINT, Trainer, resume_run, start_run
 TINY = [
     "model.width=0.125",
     "optim.batch_size=128",
-    "train.progress=false",
+    "train.progress=false", "train.report=false",
     "train.eval_every=0",
     "train.checkpoint_every=1",
     "train.log_every=1",

@@ -85,7 +85,11 @@ def resolve_clusters(requested: int | None, num_classes: int | None, num_points:
     return clusters
 
 
-def build_model(config: Config, data: DataInfo, normalisation: dict[str, list[float]]) -> Model:
+def build_model(
+    config: Config, data: DataInfo, normalisation: dict[str, list[float]], backbone_weights: dict[str, torch.Tensor] | None = None
+) -> Model:
+    """``backbone_weights`` (a trained backbone's state) are loaded before the method is built around
+    the backbone, so copies the method makes of it (momentum encoders) start from them too."""
     device = select_device(config.train.device)
     side = min(data.image_size)
     views = ViewMaker(
@@ -97,6 +101,8 @@ def build_model(config: Config, data: DataInfo, normalisation: dict[str, list[fl
     ).to(device)
     stem = config.model.stem if config.model.stem != "auto" else ("cifar" if side <= 64 else "imagenet")
     backbone = build_backbone(config.model.backbone, data.channels, stem, config.model.width)
+    if backbone_weights is not None:
+        _load_backbone(backbone, backbone_weights)
     method_cls = get_method(config.method.name)
     extra = {"positives": config.positives} if issubclass(method_cls, SemanticPositives) else {}
     method = method_cls(backbone, method_cls.Options(**config.method.options()), data, **extra).to(device)
@@ -105,8 +111,13 @@ def build_model(config: Config, data: DataInfo, normalisation: dict[str, list[fl
     return Model(config, device, select_precision(config.train.precision, device), views, method, normalisation)
 
 
-def build_parts(config: Config, normalisation: dict[str, list[float]] | None = None) -> Parts:
-    """Data and model for ``config``; ``normalisation`` comes from a checkpoint when continuing a run."""
+def build_parts(
+    config: Config,
+    normalisation: dict[str, list[float]] | None = None,
+    backbone_weights: dict[str, torch.Tensor] | None = None,
+) -> Parts:
+    """Data and model for ``config``; ``normalisation`` (and ``backbone_weights``) come from a checkpoint
+    when continuing a run (or fine-tuning a trained one)."""
     if config.train.num_threads is not None:
         torch.set_num_threads(config.train.num_threads)
     splits = load_splits(config.data)
@@ -120,7 +131,7 @@ def build_parts(config: Config, normalisation: dict[str, list[float]] | None = N
         mean, std = channel_stats(train.images)
         normalisation = {"mean": list(mean), "std": list(std)}
     data = DataInfo(len(train), splits.num_classes, train.channels, train.image_size)
-    model = build_model(config, data, normalisation)
+    model = build_model(config, data, normalisation, backbone_weights)
     return Parts(**vars(model), splits=splits, eval_clusters=eval_clusters)
 
 
@@ -163,6 +174,30 @@ def _rebuild(config: Config, state: dict) -> Model:
     model = build_model(config, data, state["normalisation"])
     load_method_state(model.method, state["method"])
     return model
+
+
+def backbone_state(method_state: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
+    """The backbone's weights within a checkpoint's method state (every method keeps it as ``backbone``)."""
+    prefix = "backbone."
+    weights = {key[len(prefix):]: value for key, value in method_state.items() if key.startswith(prefix)}
+    if not weights:
+        raise UserError(f"the checkpoint of {source} holds no backbone weights")
+    return weights
+
+
+def _load_backbone(backbone: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    expected = backbone.state_dict()
+    different = [
+        f"{key}: {tuple(weights[key].shape) if key in weights else 'missing'} in the checkpoint, {tuple(value.shape)} here"
+        for key, value in expected.items()
+        if key not in weights or weights[key].shape != value.shape
+    ]
+    if different or set(weights) - set(expected):
+        raise UserError(
+            f"the initial backbone does not fit the model built here ({'; '.join(different[:2]) or 'extra keys'}); "
+            "use the initial run's model.* settings and image channels"
+        )
+    backbone.load_state_dict(weights)
 
 
 def load_method_state(method: Method, state: dict[str, torch.Tensor]) -> None:

@@ -1,4 +1,4 @@
-"""The ``clusterclr`` command line: train, evaluate, embed, export, methods, datasets."""
+"""The ``clusterclr`` command line: train, evaluate, embed, export, report, cluster, assign, methods, datasets."""
 
 from __future__ import annotations
 
@@ -33,7 +33,15 @@ def _train(args: argparse.Namespace) -> int:
         metrics = start_run(config, run_dir)
     print(metrics_table(metrics))
     print(f"run directory: {run_dir}")
+    _print_report_path(run_dir)
     return 0
+
+
+def _print_report_path(run_dir: Path) -> None:
+    from clusterclr.report.write import REPORT
+
+    if (run_dir / REPORT).is_file():
+        print(f"report: {run_dir / REPORT}")
 
 
 def _run_to_resume(args: argparse.Namespace) -> Path | None:
@@ -160,6 +168,59 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from clusterclr.report.run import report_run
+    from clusterclr.train import load_run
+
+    run_dir = Path(args.run_dir)
+    parts, epoch = load_run(run_dir)
+    print(f"reporting {run_dir} at epoch {epoch}", file=sys.stderr)
+    print(f"report: {report_run(parts, run_dir, epoch)}")
+    return 0
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from clusterclr.cluster_folder import ClusterRequest, cluster_folder
+
+    folder = Path(args.folder)
+    out = Path(args.out) if args.out else RUNS / f"cluster-{folder.absolute().name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    request = ClusterRequest(
+        folder=folder,
+        clusters=args.clusters,
+        out=out,
+        method=args.method,
+        init=Path(args.init) if args.init else None,
+        epochs=args.epochs,
+        copy_to=Path(args.copy_to) if args.copy_to else None,
+        config_file=args.config,
+        seed=args.seed,
+        overrides=args.overrides,
+    )
+    print(f"clustering {folder} into {args.clusters} clusters -> {out}", file=sys.stderr)
+    result = cluster_folder(request)
+    sizes = result.assignments.sizes()
+    print(f"{len(result.paths)} images in {len(sizes)} clusters by {result.assignments.by}; sizes: {' '.join(map(str, sizes))}")
+    print(f"clusters: {result.csv}")
+    print(f"report: {result.report}")
+    if request.copy_to is not None:
+        print(f"copies: {request.copy_to}/cluster_*/")
+    return 0
+
+
+def _assign(args: argparse.Namespace) -> int:
+    from clusterclr.assign import assign_images
+    from clusterclr.clustering.assignments import assignments_csv
+    from clusterclr.io import write_text
+
+    paths, assignments = assign_images(Path(args.run_dir), args.images)
+    table = assignments_csv([str(p) for p in paths], assignments)
+    if args.out:
+        print(f"assigned {len(paths)} images by {assignments.by} -> {write_text(args.out, table)}", file=sys.stderr)
+    else:
+        sys.stdout.write(table)
+    return 0
+
+
 def _methods(args: argparse.Namespace) -> int:
     from clusterclr.methods.registry import method_summaries
 
@@ -235,6 +296,32 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir")
     export.add_argument("--out", required=True, help="output FILE.safetensors; the config goes in its metadata")
     export.set_defaults(handler=_export)
+
+    report = commands.add_parser("report", help="write RUN_DIR/report.html: curves, embedding map, cluster galleries")
+    report.add_argument("run_dir")
+    report.set_defaults(handler=_report)
+
+    cluster = commands.add_parser(
+        "cluster", help="learn from a folder of images and group them: clusters.csv, embeddings, report"
+    )
+    cluster.add_argument("folder", help="folder of images (flat, or one subfolder per class)")
+    cluster.add_argument("--clusters", type=int, required=True, metavar="K", help="number of clusters")
+    cluster.add_argument("--method", help="registered method (default: simclr, with k-means on its features)")
+    cluster.add_argument("--init", metavar="RUN_DIR", help="start from this run's trained backbone (fine-tune)")
+    cluster.add_argument("--epochs", type=int, help="training epochs (default: 100; 0 clusters --init's features as they are)")
+    cluster.add_argument("--out", help="run directory (default: runs/cluster-FOLDER-TIME)")
+    cluster.add_argument("--copy-to", metavar="DIR", help="also copy the images into DIR/cluster_NN/ (originals untouched)")
+    cluster.add_argument("--config", help="YAML config file; flags and --set override it")
+    cluster.add_argument("--seed", type=int, help="random seed")
+    cluster.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                         help="override any config key, e.g. --set data.image_size=96 optim.batch_size=128")
+    cluster.set_defaults(handler=_cluster)
+
+    assign = commands.add_parser("assign", help="assign new images to a run's clusters (CSV: path,cluster,confidence)")
+    assign.add_argument("run_dir")
+    assign.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    assign.add_argument("--out", help="write the CSV here (default: standard output)")
+    assign.set_defaults(handler=_assign)
 
     commands.add_parser("methods", help="list the registered methods").set_defaults(handler=_methods)
     commands.add_parser("datasets", help="list the supported data sets").set_defaults(handler=_datasets)

@@ -137,6 +137,8 @@ class TrainConfig(_Section):
     # 0: a non-finite loss stops the run (checked at log steps). N > 0: check every step (a host
     # sync per step), skip the optimiser step on a non-finite loss, and stop after more than N.
     skip_nonfinite_steps: NonNegativeInt = 0
+    # Write RUN_DIR/report.html (plots, cluster galleries) when training ends.
+    report: bool = True
 
 
 class EvalConfig(_Section):
@@ -224,11 +226,11 @@ def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(base)
     for key, value in top.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
@@ -326,5 +328,5 @@ def build_config(
         _set_path(user, path, value)
     data = user.get("data")
     dataset = data.get("dataset", DataConfig().dataset) if isinstance(data, dict) else DataConfig().dataset
-    tree = _merge(DATASET_DEFAULTS.get(str(dataset), {}), user)
+    tree = merge(DATASET_DEFAULTS.get(str(dataset), {}), user)
     return validate(tree)

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from clusterclr.build import CHECKPOINT, Parts, build_parts, load_method_state, model_state, read_run
+from clusterclr.build import CHECKPOINT, Parts, backbone_state, build_parts, load_method_state, model_state, read_run
 from clusterclr.config import Config, validate
 from clusterclr.errors import Interrupted, UserError
 from clusterclr.evaluate.protocol import evaluate_parts
@@ -340,14 +340,23 @@ def _describe(terms: dict[str, torch.Tensor]) -> str:
     return ", ".join(f"{key}={float(value):.4g}" for key, value in terms.items())
 
 
-def start_run(config: Config, run_dir: Path) -> dict[str, Any]:
-    """Train a new run in ``run_dir`` and write its final metrics."""
+def start_run(config: Config, run_dir: Path, init: Path | None = None) -> dict[str, Any]:
+    """Train a new run in ``run_dir`` and write its final metrics.
+
+    ``init``: a run directory whose trained backbone (and normalisation) the
+    new run starts from, to fine-tune it on other data; heads start afresh.
+    """
     checkpoint = run_dir / CHECKPOINT
     if checkpoint.exists() or previous_checkpoint(checkpoint).exists():
         raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+    initial = None if init is None else read_run(init)[1]
     _check_writable(run_dir)
     torch.manual_seed(config.seed)
-    trainer = Trainer(build_parts(config), run_dir)
+    if initial is None:
+        parts = build_parts(config)
+    else:
+        parts = build_parts(config, initial["normalisation"], backbone_state(initial["method"], init))
+    trainer = Trainer(parts, run_dir)
     write_text(run_dir / "config.yaml", config.to_yaml())
     _list_skipped_files(trainer)
     trainer.save()  # epoch 0: evaluate and embed work even on a run stopped in its first epoch
@@ -434,9 +443,13 @@ def _train(trainer: Trainer) -> dict[str, Any]:
             trainer.fit(log)
         metrics = finish(trainer.parts, trainer.run_dir, trainer.epoch)
         log.write("eval", trainer.step, metrics)
-        return metrics
     finally:
         log.close()
+    if trainer.config.train.report:
+        from clusterclr.report.run import report_run  # matplotlib and t-SNE load only when a report is wanted
+
+        report_run(trainer.parts, trainer.run_dir, trainer.epoch)
+    return metrics
 
 
 def finish(parts: Parts, run_dir: Path, epoch: int) -> dict[str, Any]:

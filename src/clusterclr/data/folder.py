@@ -42,20 +42,11 @@ def load(root: Path | None, image_size: int | None = None) -> RawSplits:
         raise UserError(f"folder: image size must be positive, got {size}")
     if not root.is_dir():
         raise UserError(f"folder: {root} is not a directory")
-    direct = _images(root, recursive=False)
-    classes = {d.name: files for d in sorted(_subdirs(root)) if (files := _images(d, recursive=True))}
-    if direct and classes:
-        raise UserError(
-            f"folder: {root} has image files both directly inside it and in subfolders "
-            f"(e.g. {', '.join(list(classes)[:3])}); use only class folders (labelled) or only files (unlabelled)"
-        )
-    if not direct and not classes:
-        raise UserError(f"folder: no image files ({' '.join(sorted(EXTENSIONS))}) in {root} or its subfolders")
-
+    direct, classes = _layout(root)
     paths = direct or [p for files in classes.values() for p in files]
     labels = [i for i, files in enumerate(classes.values()) for _ in files]  # empty when flat
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        pixels = list(pool.map(lambda p: _try_read(p, size), paths))
+        pixels = list(pool.map(lambda p: try_read(p, size), paths))
 
     bad = tuple(BadFile(str(path), result) for path, result in zip(paths, pixels) if isinstance(result, str))
     keep = [i for i, result in enumerate(pixels) if not isinstance(result, str)]
@@ -74,6 +65,26 @@ def load(root: Path | None, image_size: int | None = None) -> RawSplits:
     )
 
 
+def image_paths(root: Path) -> list[Path]:
+    """The image files ``load`` reads from ``root``, in its order (errors as ``load``'s for a bad layout)."""
+    direct, classes = _layout(root)
+    return direct or [p for files in classes.values() for p in files]
+
+
+def _layout(root: Path) -> tuple[list[Path], dict[str, list[Path]]]:
+    """(image files directly in root, {class folder name: its image files}); exactly one is non-empty."""
+    direct = _images(root, recursive=False)
+    classes = {d.name: files for d in sorted(_subdirs(root)) if (files := _images(d, recursive=True))}
+    if direct and classes:
+        raise UserError(
+            f"folder: {root} has image files both directly inside it and in subfolders "
+            f"(e.g. {', '.join(list(classes)[:3])}); use only class folders (labelled) or only files (unlabelled)"
+        )
+    if not direct and not classes:
+        raise UserError(f"folder: no image files ({' '.join(sorted(EXTENSIONS))}) in {root} or its subfolders")
+    return direct, classes
+
+
 def _subdirs(directory: Path) -> list[Path]:
     # Hidden folders (.git, .ipynb_checkpoints, ...) are never classes.
     return [d for d in directory.iterdir() if d.is_dir() and not d.name.startswith(".")]
@@ -87,7 +98,7 @@ def _images(directory: Path, recursive: bool) -> list[Path]:
     )
 
 
-def _try_read(path: Path, size: int) -> np.ndarray | str:
+def try_read(path: Path, size: int) -> np.ndarray | str:
     """3×size×size uint8 pixels of one file, or why it cannot be used."""
     try:
         if path.stat().st_size == 0:

@@ -1,0 +1,74 @@
+"""``clusterclr assign``: put new images into a trained run's clusters.
+
+By the cluster head where the method has one, else by the nearest of the
+k-means centroids the run saved (``centroids.npy``, written by ``cluster``
+and by every report). Images are read as the folder data set reads them and
+resized to the run's training resolution.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from clusterclr.build import load_model
+from clusterclr.clustering.assignments import ClusterAssignments, assign_to_clusters, load_centroids
+from clusterclr.data.base import ImageDataset
+from clusterclr.data.folder import EXTENSIONS, try_read
+from clusterclr.errors import UserError
+from clusterclr.evaluate.clusters import embed
+
+
+def collect_images(items: list[str]) -> list[Path]:
+    """Absolute paths of the named image files and of the image files anywhere under the named folders.
+
+    Order: as given, each folder's files sorted; a file named twice counts once.
+    """
+    found: dict[Path, None] = {}
+    for item in items:
+        path = Path(item).expanduser().absolute()
+        if path.is_dir():
+            files = sorted(
+                p for p in path.rglob("*")
+                if p.suffix.lower() in EXTENSIONS and p.is_file() and not p.name.startswith(".")
+            )
+            if not files:
+                raise UserError(f"no image files ({' '.join(sorted(EXTENSIONS))}) in {path} or its subfolders")
+            found.update(dict.fromkeys(files))
+        elif path.is_file():
+            found[path] = None
+        else:
+            raise UserError(f"image or folder not found: {item}")
+    return list(found)
+
+
+def read_images(paths: list[Path], size: int) -> torch.Tensor:
+    """uint8 N×3×size×size pixels of ``paths``; an unusable file is an error naming it."""
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        pixels = list(tqdm(pool.map(lambda p: try_read(p, size), paths), total=len(paths), desc="reading", unit="image"))
+    for path, result in zip(paths, pixels):
+        if isinstance(result, str):
+            raise UserError(f"cannot use {path}: {result}")
+    return torch.from_numpy(np.stack(pixels))
+
+
+def assign_images(run_dir: Path, items: list[str]) -> tuple[list[Path], ClusterAssignments]:
+    """The images named by ``items`` and their clusters under the run in ``run_dir``."""
+    if not items:
+        raise UserError("name at least one image file or folder to assign")
+    model, _ = load_model(run_dir)
+    paths = collect_images(items)
+    height, width = model.method.data.image_size
+    if height != width:
+        raise UserError(f"the run was trained on {height}×{width} images; assign reads square images only")
+    if model.method.data.channels != 3:
+        raise UserError(f"the run was trained on {model.method.data.channels}-channel images; image files are read as RGB")
+    embeddings = embed(model, ImageDataset(read_images(paths, height)))
+    probabilities = embeddings.cluster_probabilities
+    centroids = load_centroids(run_dir, embeddings.features.shape[1]) if probabilities is None else None
+    return paths, assign_to_clusters(embeddings.features, probabilities, centroids)

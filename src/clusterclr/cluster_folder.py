@@ -1,0 +1,214 @@
+"""``clusterclr cluster``: learn from a folder of images (or fine-tune a trained run on it) and group its images.
+
+The result is an ordinary run directory plus ``clusters.csv`` (every image
+once: path, cluster, confidence), ``embeddings.npy`` (its rows in the CSV's
+order), ``centroids.npy`` and a report with a gallery per cluster;
+optionally the images are copied into one folder per cluster.
+
+The default method is SimCLR with k-means on its features: on real photos
+(the CIFAR-10 subset, at a CPU budget) its k-means clusters scored best of
+the methods measured there, and the centre predictor's head collapsed there
+(BENCHMARKS.md); ``--method cc`` or ``center_predictor`` assign by a head.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from clusterclr.build import load_model, read_run
+from clusterclr.clustering.assignments import ClusterAssignments, assignments_csv
+from clusterclr.config import Config, build_config, merge, read_yaml
+from clusterclr.data.base import ImageDataset
+from clusterclr.data.folder import image_paths
+from clusterclr.data.registry import load_raw
+from clusterclr.errors import UserError
+from clusterclr.evaluate.clusters import cluster_images
+from clusterclr.evaluate.metrics import clustering_scores
+from clusterclr.io import atomic_write, write_text
+from clusterclr.methods.registry import get_method
+from clusterclr.report.content import ReportContent
+from clusterclr.report.write import write_report
+from clusterclr.runlog import read_log
+from clusterclr.train import start_run
+
+DEFAULT_METHOD = "simclr"
+DEFAULT_EPOCHS = 100
+CSV = "clusters.csv"
+EMBEDDINGS = "embeddings.npy"
+
+
+@dataclass
+class ClusterRequest:
+    folder: Path
+    clusters: int
+    out: Path
+    method: str | None = None
+    init: Path | None = None
+    epochs: int | None = None
+    copy_to: Path | None = None
+    config_file: str | None = None
+    seed: int | None = None
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ClusterResult:
+    config: Config
+    paths: tuple[str, ...]
+    assignments: ClusterAssignments
+    csv: Path
+    report: Path
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def check_request(request: ClusterRequest) -> int:
+    """Refuse bad input before any work; returns the number of image files found."""
+    folder = request.folder
+    if not folder.exists():
+        raise UserError(f"image folder not found: {folder}")
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder; give the folder that holds the images")
+    if request.clusters < 2:
+        raise UserError(f"--clusters must be at least 2, got {request.clusters}")
+    found = len(image_paths(folder))
+    if request.clusters > found:
+        raise UserError(f"--clusters {request.clusters} is more than the {found} images in {folder}")
+    if request.init is not None and not request.init.is_dir():
+        raise UserError(f"--init: run directory not found: {request.init}")
+    if request.epochs is not None and request.epochs < 0:
+        raise UserError(f"--epochs must be 0 or more, got {request.epochs}")
+    if _inside(request.out, folder):
+        raise UserError(f"--out {request.out} is inside the image folder {folder}; choose a folder outside it")
+    if request.copy_to is not None:
+        target = request.copy_to
+        if _inside(target, folder):
+            raise UserError(f"--copy-to {target} is inside the image folder {folder}; choose a folder outside it")
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise UserError(f"--copy-to {target} already exists and is not an empty folder; choose a new or empty one")
+    return found
+
+
+def cluster_config(request: ClusterRequest, images: int) -> Config:
+    """The training config: practitioner defaults, under the user's --config, flags and --set.
+
+    Defaults: SimCLR, 100 epochs, batch min(256, images / 2) so small folders
+    still make several steps per epoch, no online evaluation (no labels to
+    score), no end-of-training report (``cluster`` writes its own). With
+    ``--init``, the model and image size are the initial run's.
+    """
+    defaults: dict[str, Any] = {
+        "method": {"name": DEFAULT_METHOD},
+        "optim": {"batch_size": min(256, max(2, images // 2))},
+        "train": {"epochs": DEFAULT_EPOCHS, "eval_every": 0, "report": False},
+    }
+    if request.init is not None:
+        initial, state = read_run(request.init)
+        height, width = state["data_info"]["image_size"]
+        defaults["model"] = initial.model.model_dump(mode="json")
+        if height == width:
+            defaults["data"] = {"image_size": height}
+    user = read_yaml(request.config_file) if request.config_file else {}
+    flags = {
+        "data.dataset": "folder",
+        "data.root": str(request.folder),
+        "method.name": request.method,
+        "train.epochs": request.epochs,
+        "eval.clusters": request.clusters,
+        "seed": request.seed,
+    }
+    config = build_config(merge(defaults, user), flags, request.overrides)
+    # Methods with their own number of clusters (a head, a memory bank's k-means) get K unless told otherwise.
+    options = get_method(config.method.name).Options.model_fields
+    for key in ("clusters", "num_clusters"):
+        if key in options and config.method.options().get(key) is None:
+            # PCL takes a list of granularities; the others one number.
+            value = [request.clusters] if "list" in str(options[key].annotation) else request.clusters
+            config = build_config(merge(defaults, user), {**flags, f"method.{key}": value}, request.overrides)
+    return config
+
+
+def copy_into_clusters(paths: tuple[str, ...], clusters: np.ndarray, folder: Path, target: Path) -> None:
+    """Copy each image to ``target/cluster_NN/``; originals are only read.
+
+    Files from subfolders keep their relative path in the name (``a__b.png``),
+    so two files of the same name never overwrite each other.
+    """
+    digits = len(str(int(clusters.max(initial=0))))
+    for path, cluster in tqdm(list(zip(paths, clusters)), desc="copying", unit="image"):
+        relative = Path(path).resolve().relative_to(folder.resolve())
+        destination = target / f"cluster_{int(cluster):0{digits}d}" / "__".join(relative.parts)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copy2(path, destination)
+        except OSError as err:
+            raise UserError(f"cannot copy {path} to {destination}: {err.strerror or err}") from None
+
+
+def _metrics(data: ImageDataset, assignments: ClusterAssignments, run_dir: Path) -> dict[str, Any]:
+    sizes = assignments.sizes()
+    metrics: dict[str, Any] = {
+        "images": len(data),
+        "clusters": assignments.clusters,
+        "assigned_by": assignments.by,
+        "empty_clusters": int((sizes == 0).sum()),
+        "largest_cluster": int(sizes.max()),
+        "smallest_cluster": int(sizes.min()),
+        "mean_confidence": float(assignments.confidence.mean()),
+    }
+    if data.labels is not None:
+        scores = clustering_scores(data.labels.numpy(), assignments.cluster)
+        metrics.update({f"{name}_vs_subfolders": value for name, value in scores.items()})
+    epochs = [r for r in read_log(run_dir) if r.get("kind") == "epoch"]
+    if epochs:
+        metrics.update(final_loss=epochs[-1]["loss"], training_seconds=round(sum(r["seconds"] for r in epochs), 1))
+    return metrics
+
+
+def cluster_folder(request: ClusterRequest) -> ClusterResult:
+    found = check_request(request)
+    config = cluster_config(request, found)
+    start_run(config, request.out, init=request.init)
+    model, epoch = load_model(request.out)
+    # Every image of the folder, as training read it (a class-folder tree holds some out of training; not here).
+    data = load_raw("folder", config.data.root, config.data.image_size, config.data.skip_bad).train
+    clustered = cluster_images(model, data, data, request.clusters, request.out)
+    assignments = clustered.assignments
+    paths = data.sources
+    features = clustered.embeddings.features.numpy().astype(np.float32)
+    atomic_write(request.out / EMBEDDINGS, lambda f: np.save(f, features))
+    csv = write_text(request.out / CSV, assignments_csv(paths, assignments))
+    content = ReportContent(
+        title=f"{request.clusters} clusters of {request.folder}",
+        images_described=f"all {len(data)} images in {request.folder}",
+        images=data.images,
+        features=clustered.embeddings.features,
+        assignments=assignments,
+        labels=None if data.labels is None else data.labels.numpy(),
+        class_names=data.class_names,
+        sources=paths,
+        metrics=_metrics(data, assignments, request.out),
+        log=read_log(request.out),
+        settings={
+            "folder": str(request.folder),
+            "method": config.method.name,
+            "initial weights": str(request.init) if request.init else "none (trained from scratch)",
+            "backbone": f"{config.model.backbone} ×{config.model.width:g}",
+            "image size": "×".join(map(str, model.method.data.image_size)),
+            "epochs": epoch,
+        },
+        seed=config.seed,
+    )
+    report = write_report(request.out, content)
+    if request.copy_to is not None:
+        copy_into_clusters(paths, assignments.cluster, Path(config.data.root), request.copy_to)
+    return ClusterResult(config, paths, assignments, csv, report)

@@ -1,0 +1,78 @@
+"""What a report shows, gathered from a training run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clusterclr.build import Parts
+from clusterclr.clustering.assignments import ClusterAssignments
+from clusterclr.evaluate.clusters import cluster_images
+from clusterclr.runlog import read_log
+
+SPLIT_NAMES = {
+    "test": "the test split",
+    "holdout": "the held-out part of train",
+    "train": "every training image (the data set has no labels to hold out)",
+}
+
+
+@dataclass
+class ReportContent:
+    title: str
+    images_described: str  # which images the map, galleries and tables show
+    images: torch.Tensor  # uint8 N×C×H×W, the shown images
+    features: torch.Tensor  # N×D backbone features of those images
+    assignments: ClusterAssignments
+    labels: np.ndarray | None = None  # (N,) class indices, when known
+    class_names: Sequence[str] | None = None
+    sources: Sequence[str] | None = None  # file paths, when the images came from files
+    metrics: dict[str, Any] = field(default_factory=dict)  # shown as the metrics table
+    log: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl records, for the curves
+    settings: dict[str, Any] = field(default_factory=dict)  # method, data, model: shown in the header
+    seed: int = 0
+
+
+def run_settings(parts: Parts, epoch: int) -> dict[str, Any]:
+    cfg = parts.config
+    return {
+        "method": cfg.method.name,
+        "data set": parts.splits.name,
+        "data root": cfg.data.root or "",
+        "backbone": f"{cfg.model.backbone} ×{cfg.model.width:g}",
+        "image size": "×".join(map(str, parts.method.data.image_size)),
+        "epochs": f"{epoch} of {cfg.train.epochs}",
+    }
+
+
+def run_report_content(parts: Parts, run_dir: Path, epoch: int) -> ReportContent:
+    """The report of a training run: k-means fitted on the kNN bank, the evaluation split shown.
+
+    These are the images and the clustering its metrics.json scores; the
+    k-means centroids are saved in the run for ``clusterclr assign``.
+    """
+    splits = parts.splits
+    clustered = cluster_images(parts, splits.bank, splits.test, parts.eval_clusters, run_dir)
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+    shown = splits.test
+    return ReportContent(
+        title=f"{parts.config.method.name} on {splits.name}",
+        images_described=f"{len(shown)} images: {SPLIT_NAMES.get(splits.eval_split, splits.eval_split)}",
+        images=shown.images,
+        features=clustered.embeddings.features,
+        assignments=clustered.assignments,
+        labels=None if shown.labels is None else shown.labels.numpy(),
+        class_names=shown.class_names,
+        sources=shown.sources,
+        metrics=metrics,
+        log=read_log(run_dir),
+        settings=run_settings(parts, epoch),
+        seed=parts.config.seed,
+    )

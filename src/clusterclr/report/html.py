@@ -1,0 +1,153 @@
+"""The report page: one self-contained HTML file, images embedded as data URIs.
+
+Every string that comes from outside this module (file and class names,
+config values, metric names) passes through ``text`` before it reaches the
+page, so a file called ``<script>…`` is shown, never run.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from clusterclr.report.content import ReportContent
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.6em; }
+table { border-collapse: collapse; font-size: 0.9em; } td, th { padding: 0.2em 0.8em; border-bottom: 1px solid #eee; text-align: left; }
+td.number { text-align: right; font-variant-numeric: tabular-nums; }
+.figures { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+.figure { max-width: 100%; } .figure img { max-width: 100%; } .figure p { max-width: 560px; }
+.note { color: #666; font-size: 0.9em; }
+.cluster { margin-bottom: 1.2em; } .cluster h3 { margin: 0.4em 0; font-size: 1em; }
+.thumbs { display: flex; flex-wrap: wrap; gap: 6px; }
+.thumbs figure { margin: 0; width: 88px; font-size: 0.7em; text-align: center; overflow-wrap: anywhere; }
+.thumbs img { width: 88px; height: 88px; object-fit: contain; image-rendering: pixelated; background: #f4f4f4; }
+"""
+
+
+NUMBER = ' class="number"'
+
+
+@dataclass(frozen=True)
+class Plot:
+    file: str  # the PNG's file name beside the report
+    caption: str
+    png: bytes
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    png: bytes
+    row: int  # the image's row in the report's images
+
+
+def text(value: Any) -> str:
+    """Any value as HTML text, escaped (quotes too, so it is safe inside attributes)."""
+    return html.escape(str(value), quote=True)
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}" if math.isfinite(value) else str(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _table(rows: Sequence[tuple[Any, Any]]) -> str:
+    cells = "".join(
+        f"<tr><th>{text(key)}</th><td{NUMBER if isinstance(value, (int, float)) else ''}>{text(_format(value))}</td></tr>"
+        for key, value in rows
+    )
+    return f"<table>{cells}</table>"
+
+
+def _plots(plots: Sequence[Plot]) -> str:
+    return '<div class="figures">' + "".join(
+        f'<div class="figure"><img src="{data_uri(p.png)}" alt="{text(p.caption)}">'
+        f'<p class="note">{text(p.caption)} ({text(p.file)})</p></div>'
+        for p in plots
+    ) + "</div>"
+
+
+def _caption(content: ReportContent, row: int) -> tuple[str, str]:
+    """(short caption, full description for the tooltip) of one shown image."""
+    source = content.sources[row] if content.sources is not None else None
+    name = os.path.basename(source) if source else f"#{row}"
+    parts = [f"{content.assignments.confidence[row]:.2f}"]
+    if content.labels is not None:
+        label = int(content.labels[row])
+        parts.append(content.class_names[label] if content.class_names else str(label))
+    return f"{name} · {' · '.join(parts)}", source or name
+
+
+def _cluster_heading(content: ReportContent, cluster: int) -> str:
+    size = int(content.assignments.sizes()[cluster])
+    total = len(content.assignments.cluster)
+    heading = f"cluster {cluster}: {size} image{'s' if size != 1 else ''} ({size / max(1, total):.1%})"
+    if content.labels is not None and size:
+        members = content.labels[content.assignments.cluster == cluster]
+        label = int(np.bincount(members).argmax())
+        name = content.class_names[label] if content.class_names else str(label)
+        heading += f", mostly {name} ({float(np.mean(members == label)):.0%})"
+    return heading
+
+
+def _galleries(content: ReportContent, galleries: Sequence[Sequence[Thumbnail]]) -> str:
+    blocks = []
+    for cluster, thumbnails in enumerate(galleries):
+        figures = []
+        for thumbnail in thumbnails:
+            caption, tooltip = _caption(content, thumbnail.row)
+            figures.append(
+                f'<figure><img src="{data_uri(thumbnail.png)}" alt="{text(tooltip)}" title="{text(tooltip)}">'
+                f"<figcaption>{text(caption)}</figcaption></figure>"
+            )
+        body = "".join(figures) or '<p class="note">empty</p>'
+        blocks.append(f'<div class="cluster"><h3>{text(_cluster_heading(content, cluster))}</h3><div class="thumbs">{body}</div></div>')
+    return "".join(blocks)
+
+
+def render_page(content: ReportContent, plots: Sequence[Plot], galleries: Sequence[Sequence[Thumbnail]]) -> str:
+    """The whole page as a string."""
+    metrics = [(key, value) for key, value in content.metrics.items() if not isinstance(value, dict)]
+    confidence = "the cluster head's probability" if content.assignments.by == "cluster head" else (
+        "cosine similarity to the k-means centroid"
+    )
+    sections = [
+        f"<h1>{text(content.title)}</h1>",
+        f'<p class="note">{text(content.images_described)}; {content.assignments.clusters} clusters '
+        f"assigned by {text(content.assignments.by)}</p>",
+        _table(list(content.settings.items())),
+        "<h2>Metrics</h2>",
+        _table(metrics) if metrics else '<p class="note">no metrics.json yet</p>',
+        "<h2>Figures</h2>",
+        _plots(plots),
+        "<h2>Clusters</h2>",
+        f'<p class="note">Up to {max((len(g) for g in galleries), default=0)} images per cluster, most confident first; '
+        f"under each: file, confidence ({text(confidence)})"
+        + (", class" if content.labels is not None else "")
+        + ". Hover for the full path.</p>",
+        _galleries(content, galleries),
+    ]
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{text(content.title)} · clusterclr report</title><style>{STYLE}</style></head>"
+        f"<body>{''.join(sections)}</body></html>\n"
+    )

@@ -1,0 +1,163 @@
+"""``clusterclr cluster`` and ``assign`` on a folder of real images (written from the shared CIFAR-10 rows)."""
+
+import csv
+import hashlib
+import io
+import os
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clusterclr.build import CHECKPOINT
+from clusterclr.cli import main
+from clusterclr.clustering.assignments import CENTROIDS
+from clusterclr.data.cifar import load_cifar10
+
+SHARED_CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-batches-py"
+pytestmark = pytest.mark.skipif(
+    not SHARED_CIFAR10.is_dir() and not os.environ.get("CI"),
+    reason=f"shared CIFAR-10 subset not found at {SHARED_CIFAR10} (required under CI)",
+)
+
+IMAGES = 60
+HOSTILE = ["<script>alert(1).png", "a\"b'c&d.png", "x<img src=x onerror=alert(2)>.png"]
+FAST = ["model.width=0.125", "data.image_size=32", "method.projection_hidden_dim=32", "method.projection_dim=16"]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read_csv(path_or_text) -> list[dict[str, str]]:
+    text = path_or_text.read_text(encoding="utf-8") if isinstance(path_or_text, Path) else path_or_text
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+@pytest.fixture(scope="module")
+def clustered(tmp_path_factory):
+    """One `cluster` run over 60 CIFAR-10 images, three of them with hostile names, in a hostile-named folder."""
+    base = tmp_path_factory.mktemp("cluster")
+    folder = base / 'photos <i>&"q"'
+    folder.mkdir()
+    train = load_cifar10(SHARED_CIFAR10).train
+    names = [f"img{i:03d}.png" for i in range(IMAGES - len(HOSTILE))] + HOSTILE
+    for i, name in enumerate(names):
+        Image.fromarray(train.images[i].numpy().transpose(1, 2, 0)).save(folder / name)
+    digests = {name: _digest(folder / name) for name in names}
+    run, copies = base / "run", base / "copies"
+    status = main([
+        "cluster", str(folder), "--clusters", "3", "--epochs", "2", "--out", str(run), "--copy-to", str(copies),
+        "--set", *FAST, "train.progress=false",
+    ])
+    assert status == 0
+    return folder, names, digests, run, copies
+
+
+def test_csv_names_every_image_exactly_once(clustered):
+    folder, names, _, run, _ = clustered
+    rows = _read_csv(run / "clusters.csv")
+    assert sorted(row["path"] for row in rows) == sorted(str(folder / name) for name in names)
+    assert {int(row["cluster"]) for row in rows} <= {0, 1, 2}
+    assert all(-1.0 <= float(row["confidence"]) <= 1.0 for row in rows)
+    embeddings = np.load(run / "embeddings.npy")
+    assert embeddings.shape == (IMAGES, 64) and np.isfinite(embeddings).all()
+    assert np.load(run / CENTROIDS).shape == (3, 64)
+
+
+def test_copy_to_copies_every_image_and_leaves_the_originals_alone(clustered):
+    folder, names, digests, run, copies = clustered
+    assert {name: _digest(folder / name) for name in names} == digests
+    assert sorted(p.name for p in folder.iterdir()) == sorted(names)  # nothing added to the input folder
+    copied = {p.name: p for p in copies.rglob("*") if p.is_file()}
+    assert sorted(copied) == sorted(names)
+    for row in _read_csv(run / "clusters.csv"):
+        name = Path(row["path"]).name
+        assert copied[name].parent.name == f"cluster_{row['cluster']}"
+        assert _digest(copied[name]) == digests[name]
+
+
+def test_report_shows_hostile_names_as_text(clustered):
+    folder, _, _, run, _ = clustered
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert "<script>" not in page and "onerror=alert(2)>" not in page and "<i>" not in page
+    assert "photos &lt;i&gt;&amp;&quot;q&quot;" in page  # the folder name, in the title and settings
+
+    tags = []
+    parser = HTMLParser()
+    parser.handle_starttag = lambda tag, attrs: tags.append(tag)
+    parser.feed(page)
+    assert tags and "script" not in tags and "i" not in tags
+    assert (run / "report" / "map_clusters.png").is_file() and (run / "report" / "gallery.png").is_file()
+
+
+def test_assign_puts_the_training_images_in_their_clusters(clustered, capsys):
+    folder, names, _, run, _ = clustered
+    expected = {row["path"]: (row["cluster"], row["confidence"]) for row in _read_csv(run / "clusters.csv")}
+    capsys.readouterr()
+    assert main(["assign", str(run), str(folder)]) == 0
+    assigned = {row["path"]: (row["cluster"], row["confidence"]) for row in _read_csv(capsys.readouterr().out)}
+    assert assigned == expected
+    # A single file, written to a CSV file.
+    out = run.parent / "one.csv"
+    assert main(["assign", str(run), str(folder / HOSTILE[0]), "--out", str(out)]) == 0
+    [row] = _read_csv(out)
+    assert (row["cluster"], row["confidence"]) == expected[str(folder / HOSTILE[0])]
+
+
+def test_init_starts_from_the_given_runs_backbone(clustered, tmp_path):
+    folder, _, _, run, _ = clustered
+    again = tmp_path / "again"
+    assert main(["cluster", str(folder), "--clusters", "3", "--init", str(run), "--epochs", "0", "--out", str(again),
+                 "--set", *FAST, "train.progress=false"]) == 0
+    before = torch.load(run / CHECKPOINT, weights_only=True)["method"]
+    after = torch.load(again / CHECKPOINT, weights_only=True)["method"]
+    backbone = [key for key in before if key.startswith("backbone.")]
+    assert backbone and all(torch.equal(before[key], after[key]) for key in backbone)
+    # Zero epochs from the same weights: the same features, so the same clusters.
+    assert _read_csv(again / "clusters.csv") == _read_csv(run / "clusters.csv")
+
+
+def test_a_method_with_a_cluster_head_assigns_by_its_head(clustered, tmp_path, capsys):
+    folder, _, _, _, _ = clustered
+    run = tmp_path / "cc"
+    assert main(["cluster", str(folder), "--clusters", "4", "--method", "cc", "--epochs", "1", "--out", str(run),
+                 "--set", *FAST, "method.cluster_hidden_dim=32", "train.progress=false"]) == 0
+    assert "by cluster head" in capsys.readouterr().out
+    rows = _read_csv(run / "clusters.csv")
+    assert len(rows) == IMAGES and all(0.25 <= float(row["confidence"]) <= 1.0 for row in rows)  # max of 4 probabilities
+    assert main(["assign", str(run), str(folder)]) == 0
+    assert _read_csv(capsys.readouterr().out) == rows
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["cluster", "{empty}", "--clusters", "3"], "no image files"),
+        (["cluster", "{folder}", "--clusters", "1"], "--clusters must be at least 2"),
+        (["cluster", "{folder}", "--clusters", "61"], "more than the 60 images"),
+        (["cluster", "{tmp}/missing", "--clusters", "3"], "image folder not found"),
+        (["cluster", "{folder}", "--clusters", "3", "--init", "{tmp}/no_run"], "run directory not found"),
+        (["cluster", "{folder}", "--clusters", "3", "--copy-to", "{folder}/sorted"], "inside the image folder"),
+        (["cluster", "{folder}", "--clusters", "3", "--copy-to", "{full}"], "not an empty folder"),
+        (["cluster", "{folder}", "--clusters", "3", "--out", "{folder}/run"], "inside the image folder"),
+        (["assign", "{tmp}/no_run", "{folder}"], "run directory not found"),
+        (["assign", "{run}", "{tmp}/missing.png"], "image or folder not found"),
+        (["assign", "{run}", "{empty}"], "no image files"),
+    ],
+)
+def test_bad_input_is_a_one_line_error_before_any_work(arguments, message, clustered, tmp_path, capsys):
+    folder, _, _, run, _ = clustered
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    places = {"empty": tmp_path / "empty", "folder": folder, "tmp": tmp_path, "full": tmp_path / "full", "run": run}
+    capsys.readouterr()
+    assert main([a.format(**places) for a in arguments]) == 2
+    err = capsys.readouterr().err
+    assert err.count("clusterclr: error:") == 1 and message in err, err
+    assert not (folder / "sorted").exists() and not (folder / "run").exists()
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
