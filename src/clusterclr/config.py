@@ -137,6 +137,12 @@ class TrainConfig(_Section):
     # 0: a non-finite loss stops the run (checked at log steps). N > 0: check every step (a host
     # sync per step), skip the optimiser step on a non-finite loss, and stop after more than N.
     skip_nonfinite_steps: NonNegativeInt = 0
+    # Compile the backbones with torch.compile (slow first steps, faster ones after, on a GPU).
+    compile: bool = False
+    # Distributed runs (torchrun): contrast with every process's views and keys, not each one's own;
+    # batch norm over every process's batch (CUDA only).
+    gather_negatives: bool = True
+    sync_batch_norm: bool = False
 
 
 class EvalConfig(_Section):
