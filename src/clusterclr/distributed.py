@@ -23,6 +23,7 @@ what the averaged gradient of :math:`L` needs.
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from collections.abc import Iterator
@@ -183,11 +184,14 @@ def wrap(method: nn.Module, device: torch.device, sync_batch_norm: bool, idle_pa
         if device.type != "cuda":
             raise UserError("train.sync_batch_norm needs CUDA devices (torch's SyncBatchNorm does not run on the CPU); drop it")
         nn.SyncBatchNorm.convert_sync_batchnorm(method)
-    return nn.parallel.DistributedDataParallel(
+    ddp = nn.parallel.DistributedDataParallel
+    # Newer torch names broadcast_buffers=False forward_sync_buffers=False (buffers still agree at construction).
+    no_buffer_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters else "broadcast_buffers"
+    return ddp(
         method,
         device_ids=[device.index] if device.type == "cuda" else None,
-        broadcast_buffers=False,
         find_unused_parameters=idle_parameters,
+        **{no_buffer_sync: False},
     )
 
 

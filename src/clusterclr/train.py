@@ -107,6 +107,8 @@ class Trainer:
             self.method, parts.device, self.config.train.sync_batch_norm, self.method.has_idle_parameters
         )
         if self.config.train.compile:
+            if not hasattr(torch.nn.Module, "compile"):
+                raise UserError(f"train.compile needs torch 2.2 or later (this is {torch.__version__}); drop it")
             for module in self.method.modules():
                 if isinstance(module, ResNet):
                     module.compile()  # in place: parameter names, and so checkpoints, stay as they are
@@ -218,9 +220,6 @@ class Trainer:
     def fit(self, log: RunLog | SilentLog) -> None:
         cfg = self.config
         device, train = self.parts.device, self.parts.splits.train
-        autocast = (
-            torch.autocast(device.type, dtype=self.parts.autocast_dtype) if self.parts.autocast_dtype else nullcontext()
-        )
         peak = peak_lr(cfg.optim)
         batch_size = cfg.optim.batch_size
         check_every_step = cfg.train.skip_nonfinite_steps > 0
@@ -259,20 +258,14 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 indices = distributed.local_part(order[i * batch_size : (i + 1) * batch_size])
-                batch = self._batch(train.images[indices].to(device, non_blocking=True), indices.to(device))
-                with autocast:
-                    out = self.model(batch)
+                out = self.loss(train.images[indices], indices)
                 progress.step += 1
                 if check_every_step and distributed.any_rank(not torch.isfinite(out.loss.detach())):
                     bar.clear()
                     self._skip_nonfinite(step, out)
                     bar.update(1)
                     continue
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(out.loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.method.after_optimizer_step((step + 1) / self.total_steps)
+                self.optimise(out, step)
                 progress.loss_sum += out.loss.detach()
                 progress.loss_steps += 1
                 if (step + 1) % cfg.train.log_every == 0:
@@ -308,6 +301,22 @@ class Trainer:
                 self.save()
         self._stop_if_requested(None, bar)
         bar.close()
+
+    def loss(self, images: torch.Tensor, indices: torch.Tensor) -> StepOutput:
+        """The method's loss on host-side uint8 ``images`` (training-set rows ``indices``): moved, augmented, stepped forward."""
+        device = self.parts.device
+        batch = self._batch(images.to(device, non_blocking=True), indices.to(device))
+        dtype = self.parts.autocast_dtype
+        with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
+            return self.model(batch)
+
+    def optimise(self, out: StepOutput, step: int) -> None:
+        """Backward pass, optimiser step (through the fp16 scaler when it is on) and the method's state updates."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out.loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.method.after_optimizer_step((step + 1) / self.total_steps)
 
     def _restore_rng(self, progress: EpochProgress) -> None:
         """Put this rank's random stream where the interrupted run's was in this epoch."""
