@@ -240,8 +240,3 @@ def gather_objects(value):
     values = [None] * world_size()
     dist.all_gather_object(values, value)
     return values
-
-
-def barrier() -> None:
-    if world_size() > 1:
-        dist.barrier()

@@ -101,7 +101,7 @@ class Trainer:
         self.run_dir = run_dir
         self.method = parts.method
         self.method.gather_negatives = self.config.train.gather_negatives
-        self.local_batch_size = distributed.check_batch(self.config.optim.batch_size)
+        distributed.check_batch(self.config.optim.batch_size)  # before any work: the processes must share batches evenly
         # The module a step calls: the method, in DistributedDataParallel under torchrun.
         self.model = distributed.wrap(
             self.method, parts.device, self.config.train.sync_batch_norm, self.method.has_idle_parameters
@@ -176,14 +176,13 @@ class Trainer:
         """Write a checkpoint (rank 0); every rank calls this, since a mid-epoch one gathers their random states."""
         path = self.run_dir / CHECKPOINT
         state = self.state(progress)
+        if distributed.is_main():
+            try:
+                save_checkpoint(path, state)
+            except UserError as err:
+                kept = f"the last checkpoint, {self.last_good}, is intact" if self.last_good else "no checkpoint was written"
+                raise UserError(f"{err}; {kept}; make room, then continue with: clusterclr train --resume {self.run_dir}") from None
         self._saved_at = (self.epoch, None if progress is None else progress.step)
-        if not distributed.is_main():
-            return
-        try:
-            save_checkpoint(path, state)
-        except UserError as err:
-            kept = f"the last checkpoint, {self.last_good}, is intact" if self.last_good else "no checkpoint was written"
-            raise UserError(f"{err}; {kept}; make room, then continue with: clusterclr train --resume {self.run_dir}") from None
         self.last_good = f"{path} ({self._where(progress)})"
 
     def load(self, state: dict[str, Any], path: Path) -> None:
