@@ -58,3 +58,19 @@ def test_channel_stats_match_numpy():
     x = images.double() / 255
     assert mean == pytest.approx(x.mean(dim=(0, 2, 3)).tolist())
     assert std == pytest.approx(x.std(dim=(0, 2, 3)).tolist())
+
+
+def test_shift_hue_is_kornias_hue_adjustment():
+    import math
+
+    from kornia.enhance import adjust_hue
+
+    from clusterclr.augment import shift_hue
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(64, 3, 9, 9, generator=generator)
+    images[:8] = images[:8, :1]  # grey pixels: no hue to turn
+    images[8:16, 1] = images[8:16, 0]  # ties for the largest channel
+    radians = (torch.rand(64, generator=generator) * 2 - 1) * math.pi
+    torch.testing.assert_close(shift_hue(images, radians), adjust_hue(images, radians), rtol=0, atol=2e-5)
+    assert not torch.allclose(shift_hue(images[16:], radians[16:]), images[16:], atol=1e-2)

@@ -48,13 +48,16 @@ class Parts(Model):
 def select_device(spec: str) -> torch.device:
     if spec == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", torch.cuda.current_device())
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     device = torch.device(spec)
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         raise UserError(f"train.device={spec} but only {torch.cuda.device_count()} CUDA device(s) are available; use auto or cpu")
+    if device.type == "cuda" and device.index is None:
+        # The current device: under torchrun, the process's own GPU (LOCAL_RANK).
+        device = torch.device("cuda", torch.cuda.current_device())
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"train.device={spec} but MPS is not available; use auto or cpu")
     return device

@@ -19,21 +19,31 @@ RUNS = Path("runs")
 
 
 def _train(args: argparse.Namespace) -> int:
+    from clusterclr import distributed
     from clusterclr.config import build_config
     from clusterclr.train import resume_run, start_run
 
-    run_dir = _run_to_resume(args) if args.resume else None
-    if run_dir is not None:
-        print(f"resuming {run_dir}", file=sys.stderr)
-        metrics = resume_run(run_dir)
-    else:
-        config = build_config(args.config, _train_flags(args), args.overrides)
-        run_dir = Path(args.out) if args.out else default_run_dir(config.method.name, config.data.dataset)
-        print(f"training {config.method.name} on {config.data.dataset} -> {run_dir}", file=sys.stderr)
-        metrics = start_run(config, run_dir)
-    print(metrics_table(metrics))
-    print(f"run directory: {run_dir}")
-    _print_report_path(run_dir)
+    with distributed.process_group():
+        run_dir = distributed.on_main_then_broadcast(_run_to_resume, args) if args.resume else None
+        main = distributed.is_main()
+        if run_dir is not None:
+            if main:
+                print(f"resuming {run_dir}", file=sys.stderr)
+            metrics = resume_run(run_dir)
+        else:
+            config = build_config(args.config, _train_flags(args), args.overrides)
+            if args.out:
+                run_dir = Path(args.out)
+            else:  # rank 0's clock names the run, for every rank
+                run_dir = distributed.on_main_then_broadcast(default_run_dir, config.method.name, config.data.dataset)
+            if main:
+                processes = f" ({distributed.world_size()} processes)" if distributed.world_size() > 1 else ""
+                print(f"training {config.method.name} on {config.data.dataset}{processes} -> {run_dir}", file=sys.stderr)
+            metrics = start_run(config, run_dir)
+        if main:
+            print(metrics_table(metrics))
+            print(f"run directory: {run_dir}")
+            _print_report_path(run_dir)
     return 0
 
 

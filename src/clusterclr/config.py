@@ -139,6 +139,12 @@ class TrainConfig(_Section):
     skip_nonfinite_steps: NonNegativeInt = 0
     # Write RUN_DIR/report.html (plots, cluster galleries) when training ends.
     report: bool = True
+    # Compile the backbones with torch.compile (slow first steps, faster ones after, on a GPU).
+    compile: bool = False
+    # Distributed runs (torchrun): contrast with every process's views and keys, not each one's own;
+    # batch norm over every process's batch (CUDA only).
+    gather_negatives: bool = True
+    sync_batch_norm: bool = False
 
 
 class EvalConfig(_Section):

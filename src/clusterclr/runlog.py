@@ -68,3 +68,13 @@ def read_log(run_dir: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue  # a line cut short by a crash
     return records
+
+
+class SilentLog:
+    """A log that keeps nothing: the other ranks' of a distributed run, where rank 0 logs."""
+
+    def write(self, kind: str, step: int, values: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

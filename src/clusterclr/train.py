@@ -23,6 +23,13 @@ Faults:
   optimiser step, no state update), and one more stops the run.
 - Outputs collapsed to one point (``output_std`` below ``COLLAPSED_STD``) are
   warned about once.
+
+Under ``torchrun`` (``distributed.py``) every process runs this loop on its
+slice of each global batch, with the method wrapped in
+DistributedDataParallel; rank 0 alone logs, evaluates and writes. Ranks
+share the epoch's order and draw their own augmentations; a stop request
+on any rank stops all of them at the same step, and a mid-epoch checkpoint
+carries every rank's random state.
 """
 
 from __future__ import annotations
@@ -44,14 +51,16 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from clusterclr import distributed
 from clusterclr.build import CHECKPOINT, Parts, backbone_state, build_parts, load_method_state, model_state, read_run
 from clusterclr.config import Config, validate
 from clusterclr.errors import Interrupted, UserError
 from clusterclr.evaluate.protocol import evaluate_parts
 from clusterclr.io import CHECKPOINT_FORMAT, load_newest_checkpoint, previous_checkpoint, save_checkpoint, write_json, write_text
 from clusterclr.methods.base import Batch, StepOutput, TrainingImages
+from clusterclr.models.backbones import ResNet
 from clusterclr.optim import build_optimizer, lr_at, peak_lr
-from clusterclr.runlog import RunLog
+from clusterclr.runlog import RunLog, SilentLog
 
 SKIPPED_FILES = "skipped_files.txt"
 # Well-spread L2-normalised outputs have a per-dimension std of about 1/sqrt(dim), above 0.01 up
@@ -61,6 +70,11 @@ COLLAPSED_STD = 1e-3
 
 def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (2**63)
+
+
+def rank_seed(seed: int, epoch: int, rank: int) -> int:
+    """The augmentation seed of ranks after the first (rank 0 goes on with the epoch's own stream)."""
+    return (epoch_seed(seed, epoch) * 1_000_033 + rank) % (2**63)
 
 
 @dataclass
@@ -73,6 +87,7 @@ class EpochProgress:
     seconds: float = 0.0  # time spent on this epoch before this process took it up
     rng: torch.Tensor | None = None  # global RNG state to restore when resuming
     cuda_rng: torch.Tensor | None = None
+    other_ranks_rng: list | None = None  # (rng, cuda_rng) of ranks 1, 2, ... of a distributed run
     started: float = field(default_factory=time.perf_counter)
 
     def elapsed(self) -> float:
@@ -85,6 +100,18 @@ class Trainer:
         self.config = parts.config
         self.run_dir = run_dir
         self.method = parts.method
+        self.method.gather_negatives = self.config.train.gather_negatives
+        distributed.check_batch(self.config.optim.batch_size)  # before any work: the processes must share batches evenly
+        # The module a step calls: the method, in DistributedDataParallel under torchrun.
+        self.model = distributed.wrap(
+            self.method, parts.device, self.config.train.sync_batch_norm, self.method.has_idle_parameters
+        )
+        if self.config.train.compile:
+            if not hasattr(torch.nn.Module, "compile"):
+                raise UserError(f"train.compile needs torch 2.2 or later (this is {torch.__version__}); drop it")
+            for module in self.method.modules():
+                if isinstance(module, ResNet):
+                    module.compile()  # in place: parameter names, and so checkpoints, stay as they are
         self.optimizer = build_optimizer(self.method, self.config.optim)
         self.scaler = torch.amp.GradScaler(parts.device.type, enabled=parts.autocast_dtype == torch.float16)
         self.steps_per_epoch = len(parts.splits.train) // self.config.optim.batch_size
@@ -129,24 +156,32 @@ class Trainer:
             **model_state(self.parts),
         }
         if progress is not None:
+            cuda = self.parts.device.type == "cuda"
+            rngs = distributed.gather_objects((torch.get_rng_state(), torch.cuda.get_rng_state(self.parts.device) if cuda else None))
             state["mid_epoch"] = {
                 "step": progress.step,
-                "loss_sum": progress.loss_sum.detach().cpu(),
+                # Every rank's losses so far, averaged: each rank resumes from the global sum.
+                "loss_sum": (distributed.all_sum(progress.loss_sum.detach()) / distributed.world_size()).cpu(),
                 "loss_steps": progress.loss_steps,
                 "seconds": progress.elapsed(),
-                "rng": torch.get_rng_state(),
+                "rng": rngs[0][0],
             }
-            if self.parts.device.type == "cuda":
-                state["mid_epoch"]["cuda_rng"] = torch.cuda.get_rng_state(self.parts.device)
+            if cuda:
+                state["mid_epoch"]["cuda_rng"] = rngs[0][1]
+            if len(rngs) > 1:
+                state["mid_epoch"]["other_ranks_rng"] = [list(pair) for pair in rngs[1:]]
         return state
 
     def save(self, progress: EpochProgress | None = None) -> None:
+        """Write a checkpoint (rank 0); every rank calls this, since a mid-epoch one gathers their random states."""
         path = self.run_dir / CHECKPOINT
-        try:
-            save_checkpoint(path, self.state(progress))
-        except UserError as err:
-            kept = f"the last checkpoint, {self.last_good}, is intact" if self.last_good else "no checkpoint was written"
-            raise UserError(f"{err}; {kept}; make room, then continue with: clusterclr train --resume {self.run_dir}") from None
+        state = self.state(progress)
+        if distributed.is_main():
+            try:
+                save_checkpoint(path, state)
+            except UserError as err:
+                kept = f"the last checkpoint, {self.last_good}, is intact" if self.last_good else "no checkpoint was written"
+                raise UserError(f"{err}; {kept}; make room, then continue with: clusterclr train --resume {self.run_dir}") from None
         self._saved_at = (self.epoch, None if progress is None else progress.step)
         self.last_good = f"{path} ({self._where(progress)})"
 
@@ -170,6 +205,7 @@ class Trainer:
                 float(mid["seconds"]),
                 mid["rng"],
                 mid.get("cuda_rng"),
+                mid.get("other_ranks_rng"),
             )
         self._saved_at = (self.epoch, None if mid is None else self.resume_point.step)
         self.last_good = f"{path} ({self._where(self.resume_point)})"
@@ -180,12 +216,9 @@ class Trainer:
         return f"epoch {self.epoch + 1}, step {progress.step} of {self.steps_per_epoch}"
 
     # -- the loop ----------------------------------------------------------------
-    def fit(self, log: RunLog) -> None:
+    def fit(self, log: RunLog | SilentLog) -> None:
         cfg = self.config
         device, train = self.parts.device, self.parts.splits.train
-        autocast = (
-            torch.autocast(device.type, dtype=self.parts.autocast_dtype) if self.parts.autocast_dtype else nullcontext()
-        )
         peak = peak_lr(cfg.optim)
         batch_size = cfg.optim.batch_size
         check_every_step = cfg.train.skip_nonfinite_steps > 0
@@ -194,7 +227,7 @@ class Trainer:
             initial=self.global_step,
             unit="step",
             dynamic_ncols=True,
-            disable=not cfg.train.progress,
+            disable=not (cfg.train.progress and distributed.is_main()),
             mininterval=0.5 if sys.stderr.isatty() else 30,
         )
         self.method.train()
@@ -203,18 +236,19 @@ class Trainer:
             if progress is None:
                 self._stop_if_requested(None, bar)
                 method_logs = self.method.on_epoch_start(self.epoch, self.training_images)
+                # The hooks see the same gathered features on every rank; rank 0's results are everyone's.
+                distributed.broadcast_state(self.method)
                 if method_logs:
                     bar.clear()
                     log.write("method", self.step, {"epoch": self.epoch, **method_logs})
             torch.manual_seed(epoch_seed(cfg.seed, self.epoch))
             order = self.method.epoch_order()
+            if distributed.rank():
+                torch.manual_seed(rank_seed(cfg.seed, self.epoch, distributed.rank()))
             if progress is None:
                 progress = EpochProgress(loss_sum=torch.zeros((), device=device))
             else:
-                # Where the interrupted run was in this epoch's random stream.
-                torch.set_rng_state(progress.rng)
-                if progress.cuda_rng is not None:
-                    torch.cuda.set_rng_state(progress.cuda_rng, device)
+                self._restore_rng(progress)
             while progress.step < self.steps_per_epoch:
                 self._stop_if_requested(progress, bar)
                 i = progress.step
@@ -222,36 +256,34 @@ class Trainer:
                 lr = lr_at(step, self.total_steps, self.warmup_steps, peak)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                indices = order[i * batch_size : (i + 1) * batch_size]
-                batch = self._batch(train.images[indices].to(device, non_blocking=True), indices.to(device))
-                with autocast:
-                    out = self.method.training_step(batch)
+                indices = distributed.local_part(order[i * batch_size : (i + 1) * batch_size])
+                out = self.loss(train.images[indices], indices)
                 progress.step += 1
-                if check_every_step and not torch.isfinite(out.loss.detach()):
+                if check_every_step and distributed.any_rank(not torch.isfinite(out.loss.detach())):
                     bar.clear()
                     self._skip_nonfinite(step, out)
                     bar.update(1)
                     continue
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(out.loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.method.after_optimizer_step((step + 1) / self.total_steps)
+                self.optimise(out, step)
                 progress.loss_sum += out.loss.detach()
                 progress.loss_steps += 1
                 if (step + 1) % cfg.train.log_every == 0:
                     # Checked only here: a per-step check would stall the GPU on every step.
-                    loss = self._finite_loss(out.loss.detach(), f"at step {step + 1}", out.logs)
-                    self._last_logs = {key: float(value) for key, value in out.logs.items()}
+                    logs = _mean_over_ranks(out.logs)
+                    loss = self._finite_loss(logs.get("loss", out.loss.detach()), f"at step {step + 1}", logs)
+                    self._last_logs = {key: float(value) for key, value in logs.items()}
                     log.write("step", step + 1, {"epoch": self.epoch + 1, "lr": lr, **self._last_logs})
                     bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss:.3f}", refresh=False)
                 bar.update(1)
             if progress.loss_steps == 0:
                 raise FloatingPointError(self._divergence("every step's loss was non-finite", None))
             mean_loss = self._finite_loss(
-                progress.loss_sum / progress.loss_steps, f"by step {self.step + self.steps_per_epoch}"
+                distributed.all_sum(progress.loss_sum) / distributed.world_size() / progress.loss_steps,
+                f"by step {self.step + self.steps_per_epoch}",
             )
             self.epoch += 1
+            # Without SyncBatchNorm each rank's running statistics followed its own slices.
+            distributed.average_batch_norm_statistics(self.method)
             seconds = progress.elapsed()
             log.write("epoch", self.step, {
                 "epoch": self.epoch,
@@ -261,7 +293,7 @@ class Trainer:
             })
             self._warn_if_collapsed(bar)
             last = self.epoch == cfg.train.epochs
-            if not last and cfg.train.eval_every and self.epoch % cfg.train.eval_every == 0:
+            if not last and cfg.train.eval_every and self.epoch % cfg.train.eval_every == 0 and distributed.is_main():
                 bar.clear()
                 log.write("eval", self.step, {"epoch": self.epoch, **evaluate_parts(self.parts)})
             if last or self.epoch % cfg.train.checkpoint_every == 0:
@@ -269,10 +301,46 @@ class Trainer:
         self._stop_if_requested(None, bar)
         bar.close()
 
-    def _stop_if_requested(self, progress: EpochProgress | None, bar: tqdm) -> None:
-        """On a pending SIGINT/SIGTERM: checkpoint this exact point (unless just done) and stop."""
-        if self.stop_signal is None:
+    def loss(self, images: torch.Tensor, indices: torch.Tensor) -> StepOutput:
+        """The method's loss on host-side uint8 ``images`` (training-set rows ``indices``): moved, augmented, stepped forward."""
+        device = self.parts.device
+        batch = self._batch(images.to(device, non_blocking=True), indices.to(device))
+        dtype = self.parts.autocast_dtype
+        with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
+            return self.model(batch)
+
+    def optimise(self, out: StepOutput, step: int) -> None:
+        """Backward pass, optimiser step (through the fp16 scaler when it is on) and the method's state updates."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out.loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.method.after_optimizer_step((step + 1) / self.total_steps)
+
+    def _restore_rng(self, progress: EpochProgress) -> None:
+        """Put this rank's random stream where the interrupted run's was in this epoch."""
+        rank, device = distributed.rank(), self.parts.device
+        if rank == 0:
+            rng, cuda_rng = progress.rng, progress.cuda_rng
+        elif progress.other_ranks_rng is not None and len(progress.other_ranks_rng) == distributed.world_size() - 1:
+            rng, cuda_rng = progress.other_ranks_rng[rank - 1]
+        else:
+            warnings.warn(
+                f"the checkpoint was taken mid-epoch by a run with a different number of processes: rank {rank} "
+                f"draws fresh augmentations for the rest of epoch {self.epoch + 1}",
+                stacklevel=2,
+            )
             return
+        torch.set_rng_state(rng)
+        if cuda_rng is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(cuda_rng, device)
+
+    def _stop_if_requested(self, progress: EpochProgress | None, bar: tqdm) -> None:
+        """On a pending SIGINT/SIGTERM (on any rank): checkpoint this exact point (unless just done) and stop."""
+        if not distributed.any_rank(self.stop_signal is not None):
+            return
+        if self.stop_signal is None:
+            self.stop_signal = signal.SIGTERM  # another rank's request
         bar.close()
         if self._saved_at != (self.epoch, None if progress is None else progress.step):
             if progress is not None:
@@ -336,40 +404,66 @@ class Trainer:
         return Batch(views, indices, clean)
 
 
+def _mean_over_ranks(logs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Logged values averaged over the ranks of a distributed run: the global batch's, near enough."""
+    if distributed.world_size() == 1 or not logs:
+        return logs
+    values = distributed.all_sum(torch.stack([value.detach().float() for value in logs.values()]))
+    return dict(zip(logs, values / distributed.world_size()))
+
+
 def _describe(terms: dict[str, torch.Tensor]) -> str:
     return ", ".join(f"{key}={float(value):.4g}" for key, value in terms.items())
 
 
 def start_run(config: Config, run_dir: Path, init: Path | None = None) -> dict[str, Any]:
-    """Train a new run in ``run_dir`` and write its final metrics.
+    """Train a new run in ``run_dir`` and write its final metrics (rank 0 of a distributed run writes; the others return {}).
 
     ``init``: a run directory whose trained backbone (and normalisation) the
     new run starts from, to fine-tune it on other data; heads start afresh.
     """
     checkpoint = run_dir / CHECKPOINT
-    if checkpoint.exists() or previous_checkpoint(checkpoint).exists():
-        raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+    if distributed.is_main():
+        if checkpoint.exists() or previous_checkpoint(checkpoint).exists():
+            raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+        _check_writable(run_dir)
     initial = None if init is None else read_run(init)[1]
-    _check_writable(run_dir)
     torch.manual_seed(config.seed)
     if initial is None:
         parts = build_parts(config)
     else:
         parts = build_parts(config, initial["normalisation"], backbone_state(initial["method"], init))
     trainer = Trainer(parts, run_dir)
-    write_text(run_dir / "config.yaml", config.to_yaml())
-    _list_skipped_files(trainer)
+    if distributed.is_main():
+        write_text(run_dir / "config.yaml", config.to_yaml())
+        _list_skipped_files(trainer)
     trainer.save()  # epoch 0: evaluate and embed work even on a run stopped in its first epoch
     return _train(trainer)
 
 
 def resume_run(run_dir: Path) -> dict[str, Any]:
-    """Continue the run in ``run_dir`` from its newest readable checkpoint, exactly as if it had not stopped."""
+    """Continue the run in ``run_dir`` from its newest readable checkpoint, exactly as if it had not stopped.
+
+    In a distributed run rank 0 reads the checkpoint and sends it to the
+    others, so only rank 0's machine needs the run directory.
+    """
+    state, path = distributed.on_main_then_broadcast(_open_run, run_dir)
+    config = validate(state["config"], source=f"config in {path}")
+    torch.manual_seed(config.seed)
+    trainer = Trainer(build_parts(config, state["normalisation"]), run_dir)
+    _check_same_data(state["data_info"], asdict(trainer.method.data), path)
+    trainer.load(state, path)
+    if distributed.is_main():
+        _list_skipped_files(trainer)
+    return _train(trainer)
+
+
+def _open_run(run_dir: Path) -> tuple[dict[str, Any], Path]:
+    """The newest readable checkpoint of ``run_dir`` and its path, the directory made ready to go on writing."""
     if not run_dir.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
     newest = run_dir / CHECKPOINT
     state, path = load_newest_checkpoint(newest)
-    config = validate(state["config"], source=f"config in {path}")
     _check_writable(run_dir)
     if path != newest and newest.exists():
         # Kept for a look, and out of the way: the next save would otherwise rotate it over the good one.
@@ -377,12 +471,7 @@ def resume_run(run_dir: Path) -> dict[str, Any]:
     # Temporary files of checkpoint writes cut short by a kill: as large as a checkpoint, and useless.
     for stale in newest.parent.glob(f".{newest.name}.*.tmp"):
         stale.unlink(missing_ok=True)
-    torch.manual_seed(config.seed)
-    trainer = Trainer(build_parts(config, state["normalisation"]), run_dir)
-    _check_same_data(state["data_info"], asdict(trainer.method.data), path)
-    trainer.load(state, path)
-    _list_skipped_files(trainer)
-    return _train(trainer)
+    return state, path
 
 
 def _check_writable(run_dir: Path) -> None:
@@ -437,6 +526,10 @@ def _stop_on_signals(trainer: Trainer) -> Iterator[None]:
 def _train(trainer: Trainer) -> dict[str, Any]:
     # Log lines written after the checkpoint belong to work that is about to be redone; a run
     # resumed mid-epoch does not redo the epoch's start, so that epoch's "method" line stays.
+    if not distributed.is_main():
+        with _stop_on_signals(trainer):
+            trainer.fit(SilentLog())
+        return {}
     log = RunLog(trainer.run_dir, keep_until_step=trainer.global_step, epoch_start_redone=trainer.resume_point is None)
     try:
         with _stop_on_signals(trainer):

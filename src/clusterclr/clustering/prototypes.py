@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clusterclr import distributed
 from clusterclr.clustering.kmeans import kmeans
 from clusterclr.losses.proto_nce import concentration
 
@@ -42,7 +43,9 @@ class Prototypes(nn.Module):
     ) -> float:
         """Cluster ``features`` (N × D) afresh; returns the k-means inertia."""
         features = F.normalize(features.float(), dim=1)
-        fitted = kmeans(features.cpu(), self.num_clusters, seed=seed, niter=iterations, restarts=restarts)
+        fitted = distributed.on_main_then_broadcast(
+            kmeans, features.cpu(), self.num_clusters, seed=seed, niter=iterations, restarts=restarts
+        )
         centroids = torch.from_numpy(fitted.centroids).to(features.device)
         labels = torch.from_numpy(fitted.assignments).to(features.device)
         self.concentration.copy_(concentration(features, centroids, labels, temperature, alpha, floor))

@@ -58,7 +58,16 @@ def info_nce(
     return -(positive_log_prob[has_positive] / num_positives[has_positive]).mean()
 
 
-def nt_xent(embeddings: torch.Tensor, positives: torch.Tensor, temperature: float) -> torch.Tensor:
-    """SimCLR's NT-Xent over all views (M × D): every view against every other view."""
-    self_pairs = torch.eye(len(embeddings), dtype=torch.bool, device=embeddings.device)
-    return info_nce(embeddings, embeddings, positives, temperature, excluded=self_pairs)
+def nt_xent(
+    embeddings: torch.Tensor, positives: torch.Tensor, temperature: float, anchors: torch.Tensor | None = None
+) -> torch.Tensor:
+    """SimCLR's NT-Xent over all views (M × D): every view against every other view.
+
+    ``anchors`` (rows of ``embeddings``; default all) limits the anchors, not
+    the candidates: a rank of a distributed run contrasts its own views with
+    every rank's. ``positives`` is then given for the anchors' rows only (A × M).
+    """
+    rows = torch.arange(len(embeddings), device=embeddings.device)
+    anchors = rows if anchors is None else anchors
+    self_pairs = anchors[:, None] == rows[None, :]
+    return info_nce(embeddings[anchors], embeddings, positives, temperature, excluded=self_pairs)

@@ -40,9 +40,14 @@ def student_t_assignment(features: torch.Tensor, centres: torch.Tensor, alpha: f
 
 
 @torch.no_grad()
-def sharpened_target(q: torch.Tensor) -> torch.Tensor:
-    """DEC's target distribution P from assignments ``q`` (N × K); detached."""
-    weight = q.float().square() / q.float().sum(dim=0)
+def sharpened_target(q: torch.Tensor, frequency: torch.Tensor | None = None) -> torch.Tensor:
+    """DEC's target distribution P from assignments ``q`` (N × K); detached.
+
+    ``frequency`` (K): the soft cluster frequencies f, by default ``q``'s
+    column sums; a distributed run passes those of the global batch.
+    """
+    frequency = q.float().sum(dim=0) if frequency is None else frequency.float()
+    weight = q.float().square() / frequency
     return weight / weight.sum(dim=1, keepdim=True)
 
 
@@ -57,9 +62,9 @@ def kl_divergence(target: torch.Tensor, predicted: torch.Tensor, eps: float = 1e
     return terms.sum(dim=1).mean()
 
 
-def clustering_loss(q_clean: torch.Tensor) -> torch.Tensor:
-    """KL(P ‖ Q) on the clean view's assignments, P the sharpened target of Q."""
-    return kl_divergence(sharpened_target(q_clean), q_clean)
+def clustering_loss(q_clean: torch.Tensor, frequency: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(P ‖ Q) on the clean view's assignments, P the sharpened target of Q (``frequency`` as there)."""
+    return kl_divergence(sharpened_target(q_clean, frequency), q_clean)
 
 
 def anchor_loss(q_clean: torch.Tensor, q_augmented: list[torch.Tensor]) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clusterclr import distributed
 from clusterclr.clustering.kmeans import kmeans
 from clusterclr.clustering.online import (
     centroid_means,
@@ -71,7 +72,9 @@ class MemoryBank(nn.Module):
         if features.shape != self.features.shape:
             raise ValueError(f"expected features of shape {tuple(self.features.shape)}, got {tuple(features.shape)}")
         features = F.normalize(features.float(), dim=1)
-        fitted = kmeans(features.cpu(), self.num_clusters, seed=seed, restarts=restarts, spherical=True)
+        fitted = distributed.on_main_then_broadcast(
+            kmeans, features.cpu(), self.num_clusters, seed=seed, restarts=restarts, spherical=True
+        )
         self.features.copy_(features)
         self.labels.copy_(torch.from_numpy(fitted.assignments))
         self.centroids.copy_(torch.from_numpy(fitted.centroids))
@@ -100,3 +103,6 @@ class MemoryBank(nn.Module):
         labels = split_into_empty_clusters(self.features, labels, self.num_clusters)
         self.labels.copy_(labels)
         self.centroids.copy_(centroid_means(self.features, labels, centroids))
+        # Every rank holds the same bank, but floating-point sums on a GPU need not agree to the bit:
+        # rank 0's clustering is everyone's.
+        distributed.broadcast(self.labels, self.centroids)

@@ -23,19 +23,28 @@ class KeyQueue(nn.Module):
         self.register_buffer("buffer", torch.zeros(size, dim))
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+        # Host-side copies of (pointer, filled), so a step never waits on the device to read them.
+        self._host: tuple[int, int] | None = None
+        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_host", None))
 
     @property
     def size(self) -> int:
         return self.buffer.shape[0]
 
+    def _position(self) -> tuple[int, int]:
+        if self._host is None:
+            self._host = (int(self.pointer), int(self.filled))
+        return self._host
+
     def keys(self) -> torch.Tensor:
-        return self.buffer[: int(self.filled)]
+        return self.buffer[: self._position()[1]]
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
         keys = F.normalize(keys.detach().float(), dim=1)[-self.size :]
-        n, start = len(keys), int(self.pointer)
+        (start, filled), n = self._position(), len(keys)
         slots = (start + torch.arange(n, device=keys.device)) % self.size
         self.buffer[slots] = keys
-        self.pointer.fill_((start + n) % self.size)
-        self.filled.fill_(min(int(self.filled) + n, self.size))
+        self._host = ((start + n) % self.size, min(filled + n, self.size))
+        self.pointer.fill_(self._host[0])
+        self.filled.fill_(self._host[1])

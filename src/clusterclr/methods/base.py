@@ -23,9 +23,12 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from clusterclr import distributed
 from clusterclr.augment import ViewMaker
 from clusterclr.errors import UserError
+from clusterclr.losses.contrastive import nt_xent
 from clusterclr.models.backbones import ResNet
+from clusterclr.positives.views import same_image
 
 
 class MethodOptions(BaseModel):
@@ -84,17 +87,28 @@ class TrainingImages:
         statistics have been learnt); their buffers are restored afterwards.
         Either way nothing about training changes.
         """
+        # Each rank of a distributed run encodes its shard and all get every feature. Shards may differ
+        # by a row: the same number of chunks on every rank, so SyncBatchNorm (in batch-statistics
+        # mode) meets the other ranks at every chunk.
+        start, end = distributed.shard(len(self.images))
+        rows = torch.arange(start, end)
+        if distributed.world_size() == 1:
+            chunks = rows.split(self.batch_size)
+        else:
+            chunks = rows.tensor_split(-(-(-(-len(self.images) // distributed.world_size())) // self.batch_size))
         modes = [m.training for m in modules]
         saved = [{k: v.clone() for k, v in m.named_buffers()} for m in modules] if batch_statistics else []
         for m in modules:
             m.train(batch_statistics)
         autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
         try:
-            chunks = []
-            for x in self.views.clean_batches(self.images, self.batch_size, self.device, self.channels_last):
+            features = []
+            for rows in chunks:
+                x = self.views.clean(self.images[rows].to(self.device, non_blocking=True))
+                x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
                 with autocast:
-                    chunks.append(encoder(x).float())
-            return torch.cat(chunks)
+                    features.append(encoder(x).float())
+            return distributed.gather_shards(torch.cat(features), len(self.images))
         finally:
             for m, mode in zip(modules, modes):
                 m.train(mode)
@@ -109,11 +123,43 @@ class StepOutput:
     logs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class GlobalViews:
+    """The views of the global batch a rank contrasts its own views with (see ``distributed.py``)."""
+
+    embeddings: torch.Tensor  # V·G × D, view-major over the G images of every rank (or of this one alone)
+    indices: torch.Tensor  # the G images' training-set rows
+    anchors: torch.Tensor  # the rows of ``embeddings`` that are this rank's views
+    num_views: int
+
+    @classmethod
+    def of(cls, z: torch.Tensor, indices: torch.Tensor, num_views: int, across_ranks: bool) -> GlobalViews:
+        """``z``: this rank's V·n view-major embeddings; ``across_ranks``: take every rank's views as candidates."""
+        if not across_ranks or distributed.world_size() == 1:
+            return cls(z, indices, torch.arange(len(z), device=z.device), num_views)
+        return cls(
+            distributed.gather_views(z, num_views),
+            distributed.gather(indices),
+            distributed.local_view_rows(len(indices), num_views, z.device),
+            num_views,
+        )
+
+    def nt_xent(self, temperature: float, positives: torch.Tensor | None = None) -> torch.Tensor:
+        """NT-Xent of this rank's views against all; ``positives`` (V·G × V·G) default to the same image's views."""
+        if positives is None:
+            positives = same_image(len(self.indices), self.num_views, device=self.embeddings.device)
+        return nt_xent(self.embeddings, positives[self.anchors], temperature, self.anchors)
+
+
 class Method(nn.Module):
     name: ClassVar[str]
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     num_views: ClassVar[int] = 2
     needs_clean_view: ClassVar[bool] = False
+    # Some steps leave parameters out of the loss (DistributedDataParallel must then look for them).
+    has_idle_parameters: ClassVar[bool] = False
+    # In a distributed run: contrast with every rank's views and keys, not this rank's alone (train.gather_negatives).
+    gather_negatives: bool = True
 
     def __init__(self, backbone: ResNet, options: MethodOptions, data: DataInfo) -> None:
         super().__init__()
@@ -123,6 +169,10 @@ class Method(nn.Module):
 
     def training_step(self, batch: Batch) -> StepOutput:
         raise NotImplementedError
+
+    def forward(self, batch: Batch) -> StepOutput:
+        # The step is the forward pass, so DistributedDataParallel can wrap a method.
+        return self.training_step(batch)
 
     def after_optimizer_step(self, progress: float) -> None:
         """Hook for state that follows the weights (EMA, queues); ``progress`` runs 0 → 1 over training."""

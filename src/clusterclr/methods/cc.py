@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
+from clusterclr import distributed
 from clusterclr.losses.cluster_contrast import cluster_contrast
-from clusterclr.losses.contrastive import nt_xent
 from clusterclr.methods.base import (
     Batch,
     DataInfo,
+    GlobalViews,
     Method,
     MethodOptions,
     StepOutput,
@@ -21,7 +22,6 @@ from clusterclr.methods.registry import register_method
 from clusterclr.models.backbones import ResNet
 from clusterclr.models.cluster_heads import SoftmaxClusterHead
 from clusterclr.models.heads import MLPHead
-from clusterclr.positives.views import same_image
 
 
 class CCOptions(MethodOptions):
@@ -52,9 +52,11 @@ class ContrastiveClustering(Method):
         o = self.options
         h = self.backbone(torch.cat(batch.views))
         z = self.projector(h)
-        instance = nt_xent(z, same_image(len(batch.indices), len(batch.views), device=z.device), o.instance_temperature)
+        instance = GlobalViews.of(z, batch.indices, len(batch.views), self.gather_negatives).nt_xent(o.instance_temperature)
         first, second = self.cluster_head(h).chunk(2)
-        cluster = cluster_contrast(first, second, o.cluster_temperature)
+        # A cluster's column spans the global batch, and so does the marginal whose entropy is kept up:
+        # every rank computes the same loss on every rank's assignments.
+        cluster = cluster_contrast(distributed.gather(first), distributed.gather(second), o.cluster_temperature)
         loss = instance + o.cluster_weight * cluster
         return StepOutput(loss, {
             "loss": loss.detach(),

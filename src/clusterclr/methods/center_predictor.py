@@ -18,12 +18,13 @@ from typing import Any
 import torch
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
+from clusterclr import distributed
 from clusterclr.clustering.kmeans import kmeans
-from clusterclr.losses.contrastive import nt_xent
 from clusterclr.losses.dec import anchor_loss, clustering_loss
 from clusterclr.methods.base import (
     Batch,
     DataInfo,
+    GlobalViews,
     Method,
     MethodOptions,
     StepOutput,
@@ -36,7 +37,6 @@ from clusterclr.methods.registry import register_method
 from clusterclr.models.backbones import ResNet
 from clusterclr.models.cluster_heads import StudentTCentres
 from clusterclr.models.heads import MLPHead
-from clusterclr.positives.views import same_image
 
 
 class CenterPredictorOptions(MethodOptions):
@@ -65,6 +65,7 @@ class CenterPredictor(Method):
     name = "center_predictor"
     Options = CenterPredictorOptions
     needs_clean_view = True
+    has_idle_parameters = True  # the centres, before they are set
 
     def __init__(self, backbone: ResNet, options: CenterPredictorOptions, data: DataInfo) -> None:
         super().__init__(backbone, options, data)
@@ -78,7 +79,9 @@ class CenterPredictor(Method):
         # k-means on the clean-view features, with batch statistics: the scale the
         # Student-t kernel sees them at in training steps.
         features = images.encode(self.backbone, self.backbone, batch_statistics=True)
-        fitted = kmeans(features.cpu(), len(self.centres.centres), seed=images.seed, restarts=self.options.init_kmeans_restarts)
+        fitted = distributed.on_main_then_broadcast(
+            kmeans, features.cpu(), len(self.centres.centres), seed=images.seed, restarts=self.options.init_kmeans_restarts
+        )
         self.centres.initialise(torch.from_numpy(fitted.centroids).to(features.device))
         self._clustering = True
         sizes = torch.from_numpy(fitted.assignments).bincount(minlength=len(fitted.centroids))
@@ -88,13 +91,14 @@ class CenterPredictor(Method):
         o = self.options
         augmented = self.backbone(torch.cat(batch.views))
         z = self.projector(augmented)
-        instance = nt_xent(z, same_image(len(batch.indices), len(batch.views), device=z.device), o.temperature)
+        instance = GlobalViews.of(z, batch.indices, len(batch.views), self.gather_negatives).nt_xent(o.temperature)
         if self._clustering is None:
             self._clustering = bool(self.centres.initialised)
         if not self._clustering:
             return StepOutput(instance, {"loss": instance.detach(), "output_std": normalised_std(z)})
         q_clean = self.centres(self.backbone(batch.clean))
-        clustering = clustering_loss(q_clean)
+        # DEC's target divides by each cluster's soft frequency over the global batch.
+        clustering = clustering_loss(q_clean, distributed.all_sum(q_clean.detach().float().sum(0)))
         anchor = anchor_loss(q_clean, list(self.centres(augmented).chunk(len(batch.views))))
         loss = o.instance_weight * instance + o.cluster_weight * clustering + o.anchor_weight * anchor
         return StepOutput(loss, {

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
+from clusterclr import distributed
 from clusterclr.clustering.diagnostics import pseudo_label_report
 from clusterclr.losses.contrastive import info_nce
 from clusterclr.losses.inter_image import margin_info_nce
@@ -118,14 +119,16 @@ class InterCLR(MoCoV2):
         for query_view, key_view in pairs:
             q = forward_in_groups(self._query, query_view, o.bn_groups, shuffle=False)
             k = forward_in_groups(self.key_encoder, key_view, o.bn_groups, shuffle=True)
-            candidates = torch.cat([k, self.queue.keys()])
-            intra.append(info_nce(q, candidates, own_key(len(q), len(candidates), q.device), o.temperature))
+            batch_keys, all_keys, first = self._batch_keys(k)
+            candidates = torch.cat([batch_keys, self.queue.keys()])
+            intra.append(info_nce(q, candidates, own_key(len(q), len(candidates), q.device, first), o.temperature))
             if self._inter_active:
                 inter.append(self._inter_image_loss(q, batch.indices, logs))
-            keys.append(k)
-        # Like the queue, the bank takes this batch's keys only after the optimiser step (one key per image).
+            keys.append(all_keys)
+        # Like the queue, the bank takes this batch's keys only after the optimiser step (one key per image),
+        # every rank's, so that all ranks keep the same bank.
         self._new_keys = torch.cat(keys)
-        self._bank_update = (batch.indices, keys[0])
+        self._bank_update = (distributed.gather(batch.indices), keys[0])
         intra_loss = torch.stack(intra).mean()
         logs.update(intra=intra_loss.detach(), output_std=normalised_std(q))
         if inter:

@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from pydantic import Field, PositiveFloat, PositiveInt
 
+from clusterclr import distributed
 from clusterclr.losses.contrastive import info_nce
 from clusterclr.memory.queue import KeyQueue
 from clusterclr.methods.base import Batch, DataInfo, Method, MethodOptions, StepOutput, normalised_std
@@ -63,13 +64,24 @@ class MoCoV2(Method):
         for query_view, key_view in pairs:
             q = forward_in_groups(self._query, query_view, o.bn_groups, shuffle=False)
             k = forward_in_groups(self.key_encoder, key_view, o.bn_groups, shuffle=True)
-            candidates = torch.cat([k, self.queue.keys()])
-            losses.append(info_nce(q, candidates, own_key(len(q), len(candidates), q.device), o.temperature))
-            keys.append(k)
+            batch_keys, all_keys, first = self._batch_keys(k)
+            candidates = torch.cat([batch_keys, self.queue.keys()])
+            losses.append(info_nce(q, candidates, own_key(len(q), len(candidates), q.device, first), o.temperature))
+            keys.append(all_keys)
         # Enqueued after the optimiser step: this batch's keys are positives now, negatives only later.
         self._new_keys = torch.cat(keys)
         loss = torch.stack(losses).mean()
         return StepOutput(loss, {"loss": loss.detach(), "output_std": normalised_std(q)})
+
+    def _batch_keys(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """This rank's keys ``k`` -> the batch's keys to contrast with, every rank's keys, and where ``k`` starts in the first.
+
+        Every rank's keys go to the queue either way, so all ranks keep the same queue.
+        """
+        all_keys = distributed.gather(k)
+        if self.gather_negatives:
+            return all_keys, all_keys, distributed.rank() * len(k)
+        return k, all_keys, 0
 
     def after_optimizer_step(self, progress: float) -> None:
         momentum = momentum_at(self.options.momentum, progress, self.options.momentum_schedule)

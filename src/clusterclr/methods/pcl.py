@@ -22,6 +22,7 @@ import torch
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
 from torch import nn
 
+from clusterclr import distributed
 from clusterclr.clustering.diagnostics import pseudo_label_report
 from clusterclr.clustering.prototypes import Prototypes
 from clusterclr.errors import UserError
@@ -106,20 +107,22 @@ class PCL(MoCoV2):
         first, second = batch.views
         pairs = [(first, second), (second, first)] if o.symmetric else [(first, second)]
         instance, prototype, keys = [], [], []
+        global_indices = distributed.gather(batch.indices)  # the batch's own prototypes are the global batch's
         for query_view, key_view in pairs:
             q = forward_in_groups(self._query, query_view, o.bn_groups, shuffle=False)
             k = forward_in_groups(self.key_encoder, key_view, o.bn_groups, shuffle=True)
-            candidates = torch.cat([k, self.queue.keys()])
-            instance.append(info_nce(q, candidates, own_key(len(q), len(candidates), q.device), o.temperature))
+            batch_keys, all_keys, first = self._batch_keys(k)
+            candidates = torch.cat([batch_keys, self.queue.keys()])
+            instance.append(info_nce(q, candidates, own_key(len(q), len(candidates), q.device, first), o.temperature))
             if self._proto_active:
                 prototype.append(proto_nce(
                     q,
                     [p.centroids for p in self.prototypes],
                     [p.labels[batch.indices] for p in self.prototypes],
                     [p.concentration for p in self.prototypes],
-                    [self._included(p, batch.indices) for p in self.prototypes],
+                    [self._included(p, global_indices) for p in self.prototypes],
                 ))
-            keys.append(k)
+            keys.append(all_keys)
         self._new_keys = torch.cat(keys)  # enqueued after the optimiser step
         info_nce_loss = torch.stack(instance).mean()
         logs = {"info_nce": info_nce_loss.detach(), "output_std": normalised_std(q)}
@@ -131,7 +134,7 @@ class PCL(MoCoV2):
         return StepOutput(loss, {"loss": loss.detach(), **logs})
 
     def _included(self, prototypes: Prototypes, indices: torch.Tensor) -> torch.Tensor | None:
-        """The prototypes in the denominator: the batch's own plus ``prototype_negatives`` drawn from the rest."""
+        """The prototypes in the denominator: the (global) batch's own plus ``prototype_negatives`` drawn from the rest."""
         r = self.options.prototype_negatives
         if r is None or r >= prototypes.num_clusters:
             return None

@@ -32,9 +32,10 @@ import torch.nn.functional as F
 from pydantic import NonNegativeFloat
 from torch import nn
 
-from clusterclr.losses.contrastive import info_nce, nt_xent
+from clusterclr import distributed
+from clusterclr.losses.contrastive import info_nce
 from clusterclr.losses.negative_cosine import negative_cosine
-from clusterclr.methods.base import Batch, StepOutput, normalised_std
+from clusterclr.methods.base import Batch, GlobalViews, StepOutput, normalised_std
 from clusterclr.methods.moco_v2 import MoCoV2
 from clusterclr.methods.registry import register_method
 from clusterclr.methods.simclr import SimCLR
@@ -57,8 +58,9 @@ class SePPSimCLR(SemanticPositives, SimCLR):
 
     def training_step(self, batch: Batch) -> StepOutput:
         z = self.projector(self.backbone(torch.cat(batch.views)))
-        partners = partner_mask(batch.indices, self.partners)
-        loss = nt_xent(z, same_image_or_partners(partners, len(batch.views)), self.options.temperature)
+        views = GlobalViews.of(z, batch.indices, len(batch.views), self.gather_negatives)
+        partners = partner_mask(views.indices, self.partners)
+        loss = views.nt_xent(self.options.temperature, same_image_or_partners(partners, len(batch.views)))
         return StepOutput(loss, {"loss": loss.detach(), "output_std": normalised_std(z), **_partner_logs(partners)})
 
 
@@ -74,16 +76,18 @@ class SePPMoCoV2(SemanticPositives, MoCoV2):
 
     def training_step(self, batch: Batch) -> StepOutput:
         o = self.options
-        partners = partner_mask(batch.indices, self.partners)
+        key_images = distributed.gather(batch.indices) if self.gather_negatives else batch.indices
+        partners = partner_mask(batch.indices, self.partners, key_images)
         first, second = batch.views
         pairs = [(first, second), (second, first)] if o.symmetric else [(first, second)]
         losses, keys = [], []
         for query_view, key_view in pairs:
             q = forward_in_groups(self._query, query_view, o.bn_groups, shuffle=False)
             k = forward_in_groups(self.key_encoder, key_view, o.bn_groups, shuffle=True)
-            candidates = torch.cat([k, self.queue.keys()])
-            losses.append(info_nce(q, candidates, own_key_or_partners(partners, len(candidates)), o.temperature))
-            keys.append(k)
+            batch_keys, all_keys, own = self._batch_keys(k)
+            candidates = torch.cat([batch_keys, self.queue.keys()])
+            losses.append(info_nce(q, candidates, own_key_or_partners(partners, len(candidates), own), o.temperature))
+            keys.append(all_keys)
         self._new_keys = torch.cat(keys)  # enqueued after the optimiser step, as in MoCoV2
         loss = torch.stack(losses).mean()
         return StepOutput(loss, {"loss": loss.detach(), "output_std": normalised_std(q), **_partner_logs(partners)})
@@ -95,15 +99,17 @@ class SePPSimSiamOptions(SimSiamOptions):
 
 
 def partner_negative_cosine(predictions: torch.Tensor, targets: torch.Tensor, partners: torch.Tensor) -> torch.Tensor:
-    """Mean of D(predictions[a], targets[b]) over the pairs (a, b) of the B × B mask ``partners``; 0 without pairs.
+    """Mean of D(predictions[a], targets[b]) over the pairs (a, b) of the A × G mask ``partners``; 0 without pairs.
 
-    Computed densely (B × B cosines) rather than by indexing the pairs, so
-    the step never waits on the device to count them.
+    Computed densely (A × G cosines) rather than by indexing the pairs, so
+    the step never waits on the device to count them. In a distributed run
+    ``predictions`` are this rank's, ``targets`` every rank's, and the mean
+    is over the pairs of all ranks (``distributed.global_mean_share``).
     """
     with torch.autocast(predictions.device.type, enabled=False):
         cosines = F.normalize(predictions.float(), dim=1) @ F.normalize(targets.detach().float(), dim=1).T
     mask = partners.float()
-    return -(cosines * mask).sum() / mask.sum().clamp(min=1)
+    return distributed.global_mean_share(-(cosines * mask).sum(), mask.sum())
 
 
 @register_method
@@ -117,8 +123,10 @@ class SePPSimSiam(SemanticPositives, SimSiam):
         z1, z2 = (self.projector(self.backbone(view)) for view in batch.views)
         p1, p2 = self.predictor(z1), self.predictor(z2)
         instance = (negative_cosine(p1, z2) + negative_cosine(p2, z1)) / 2
-        partners = partner_mask(batch.indices, self.partners)
-        pairs = (partner_negative_cosine(p1, z2, partners) + partner_negative_cosine(p2, z1, partners)) / 2
+        # Targets are detached: every rank's, without a gradient-preserving gather.
+        targets1, targets2 = distributed.gather(z1.detach()), distributed.gather(z2.detach())
+        partners = partner_mask(batch.indices, self.partners, distributed.gather(batch.indices))
+        pairs = (partner_negative_cosine(p1, targets2, partners) + partner_negative_cosine(p2, targets1, partners)) / 2
         loss = instance + self.options.partner_weight * pairs
         logs = {"loss": loss.detach(), "pair_loss": pairs.detach(), "output_std": normalised_std(z1)}
         return StepOutput(loss, {**logs, **_partner_logs(partners)})

@@ -5,12 +5,10 @@ from __future__ import annotations
 import torch
 from pydantic import PositiveFloat, PositiveInt
 
-from clusterclr.losses.contrastive import nt_xent
-from clusterclr.methods.base import Batch, DataInfo, Method, MethodOptions, StepOutput, normalised_std
+from clusterclr.methods.base import Batch, DataInfo, GlobalViews, Method, MethodOptions, StepOutput, normalised_std
 from clusterclr.methods.registry import register_method
 from clusterclr.models.backbones import ResNet
 from clusterclr.models.heads import MLPHead
-from clusterclr.positives.views import same_image
 
 
 class SimCLROptions(MethodOptions):
@@ -33,6 +31,5 @@ class SimCLR(Method):
     def training_step(self, batch: Batch) -> StepOutput:
         # One forward pass over all views, so batch norm sees them together as in the paper.
         z = self.projector(self.backbone(torch.cat(batch.views)))
-        positives = same_image(len(batch.indices), len(batch.views), device=z.device)
-        loss = nt_xent(z, positives, self.options.temperature)
+        loss = GlobalViews.of(z, batch.indices, len(batch.views), self.gather_negatives).nt_xent(self.options.temperature)
         return StepOutput(loss, {"loss": loss.detach(), "output_std": normalised_std(z)})

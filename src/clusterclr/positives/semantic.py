@@ -141,16 +141,17 @@ def partner_order(partners: torch.Tensor) -> torch.Tensor:
     return torch.tensor(order, dtype=torch.long)
 
 
-def partner_mask(indices: torch.Tensor, partners: torch.Tensor) -> torch.Tensor:
-    """B × B: whether batch members a and b (training-set rows ``indices``) are partners, either way round.
+def partner_mask(indices: torch.Tensor, partners: torch.Tensor, others: torch.Tensor | None = None) -> torch.Tensor:
+    """A × G: whether images ``indices`` (training-set rows) and ``others`` (default: the same) are partners, either way round.
 
-    Symmetric, and never true on the diagonal.
+    Never true for an image and itself; symmetric when ``others`` is
+    ``indices``. A rank of a distributed run passes its own images and
+    every rank's.
     """
-    mined = partners[indices]  # B × k, on the device of the partner table
-    mask = (mined[:, :, None] == indices[None, None, :]).any(dim=1)
-    mask = mask | mask.T
-    mask.fill_diagonal_(False)
-    return mask
+    others = indices if others is None else others
+    mined_by_a = (partners[indices][:, :, None] == others[None, None, :]).any(dim=1)
+    mined_by_b = (partners[others][:, :, None] == indices[None, None, :]).any(dim=1).T
+    return (mined_by_a | mined_by_b) & (indices[:, None] != others[None, :])
 
 
 def same_image_or_partners(partners_in_batch: torch.Tensor, num_views: int) -> torch.Tensor:
@@ -164,8 +165,12 @@ def same_image_or_partners(partners_in_batch: torch.Tensor, num_views: int) -> t
     return same_image(len(partners_in_batch), num_views, device=partners_in_batch.device) | within_batch
 
 
-def own_key_or_partners(partners_in_batch: torch.Tensor, num_candidates: int) -> torch.Tensor:
-    """MoCo's positives widened: query i against [the batch's keys; the queue] has its own key and its partners' keys."""
-    batch = len(partners_in_batch)
-    within_batch = F.pad(partners_in_batch, (0, num_candidates - batch), value=False)
-    return own_key(batch, num_candidates, device=partners_in_batch.device) | within_batch
+def own_key_or_partners(partners_in_batch: torch.Tensor, num_candidates: int, first: int = 0) -> torch.Tensor:
+    """MoCo's positives widened: query i against [the batch's keys; the queue] has its own key and its partners' keys.
+
+    ``partners_in_batch`` is A × G (queries × the batch's keys); the query's
+    own key is key ``first`` + i, as in :func:`~clusterclr.positives.views.own_key`.
+    """
+    queries, keys = partners_in_batch.shape
+    within_batch = F.pad(partners_in_batch, (0, num_candidates - keys), value=False)
+    return own_key(queries, num_candidates, device=partners_in_batch.device, first=first) | within_batch

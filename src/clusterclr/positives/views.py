@@ -18,9 +18,12 @@ def same_image(num_images: int, num_views: int, device: torch.device | None = No
     return mask
 
 
-def own_key(num_queries: int, num_candidates: int, device: torch.device | None = None) -> torch.Tensor:
-    """MoCo's positive mask: query i against [the batch's keys; the queue] has only key i."""
+def own_key(num_queries: int, num_candidates: int, device: torch.device | None = None, first: int = 0) -> torch.Tensor:
+    """MoCo's positive mask: query i against [the batch's keys; the queue] has only key ``first`` + i.
+
+    ``first`` is where this rank's keys start among every rank's in a distributed run.
+    """
     mask = torch.zeros(num_queries, num_candidates, dtype=torch.bool, device=device)
     rows = torch.arange(num_queries, device=device)
-    mask[rows, rows] = True
+    mask[rows, rows + first] = True
     return mask
