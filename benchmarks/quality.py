@@ -51,7 +51,7 @@ def raw_pixels(config_file: str, overrides: list[str], seed: int) -> dict:
 
 def random_backbone(config_file: str, overrides: list[str], seed: int, run_dir: Path) -> dict:
     # Last, so that no --set of the user's can turn the baseline into a trained model.
-    config = build_config(config_file, {"seed": seed}, overrides + ["train.epochs=0"])
+    config = build_config(config_file, {"seed": seed}, overrides + ["train.epochs=0", "train.report=false"])
     return start_run(config, run_dir)
 
 
