@@ -16,7 +16,7 @@ import torch
 from clusterclr.build import CHECKPOINT, load_model
 from clusterclr.cli import main
 from clusterclr.config import build_config
-from clusterclr.export import Encoder
+from clusterclr.export import Encoder, preprocessing_path
 from clusterclr.io import load_checkpoint
 from clusterclr.train import start_run
 
@@ -59,7 +59,7 @@ OUTSIDE = textwrap.dedent("""
     sys.modules["clusterclr"] = None  # any import of clusterclr now fails
     import numpy as np
     out, images = sys.argv[1], np.load(sys.argv[2])
-    fmt = json.load(open(out.rsplit(".", 1)[0] + ".json"))["format"]
+    fmt = json.load(open(out + ".json"))["format"]
     if fmt == "onnx":
         import onnxruntime
         session = onnxruntime.InferenceSession(out, providers=["CPUExecutionProvider"])
@@ -117,7 +117,7 @@ def test_safetensors_hold_the_encoder_and_reload_into_the_architecture(run, tmp_
     with safe_open(str(out), "pt") as f:
         metadata = f.metadata()
     assert json.loads(metadata["config"]) == state["config"] and metadata["epoch"] == "1"
-    assert json.loads(metadata["preprocessing"]) == json.loads(out.with_suffix(".json").read_text())
+    assert json.loads(metadata["preprocessing"]) == json.loads(preprocessing_path(out).read_text())
 
     # A fresh encoder of the same architecture, given these tensors, computes the trained model's outputs.
     images = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -141,7 +141,7 @@ def outside_loads(out: Path, tmp_path: Path) -> bool:
 def test_preprocessing_json_says_how_to_feed_the_model(run, tmp_path):
     out = tmp_path / "encoder.pt"
     assert main(["export", str(run), "--format", "torchscript", "--out", str(out)]) == 0
-    settings = json.loads(out.with_suffix(".json").read_text())
+    settings = json.loads(preprocessing_path(out).read_text())
     state = load_checkpoint(run / CHECKPOINT)
     assert settings["format"] == "torchscript" and settings["file"] == "encoder.pt"
     assert settings["input"]["channels"] == 1 and (settings["input"]["height"], settings["input"]["width"]) == (8, 8)

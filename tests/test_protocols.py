@@ -47,9 +47,9 @@ def test_linear_probe_separates_linearly_separable_features():
     labels = torch.randint(0, 5, (600,), generator=g)
     # Classes differ along their own direction by far more than the noise: a linear map separates them.
     features = 4 * directions[labels] + 0.5 * torch.randn(600, 32, generator=g) + 3.0
-    result = linear_probe(features[:400], labels[:400], features[400:], labels[400:], seed=0)
+    result = linear_probe(features[:400], labels[:400], features[400:], labels[400:], seed=0, weight_decays=(1e-4, 1e-2))
     assert result["top1"] >= 0.99 and result["top5"] == 1.0
-    assert result["weight_decay"] in (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+    assert result["weight_decay"] in (1e-4, 1e-2)
 
 
 def test_logistic_regression_matches_scikit_learn():

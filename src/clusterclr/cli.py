@@ -229,12 +229,12 @@ def _embed(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from clusterclr.build import load_model
-    from clusterclr.export import export_model
+    from clusterclr.export import export_model, preprocessing_path
 
     out = Path(args.out)
     model, epoch = load_model(Path(args.run_dir))
     export_model(model, epoch, args.format, out)
-    print(f"wrote the {model.config.method.name} encoder (epoch {epoch}) to {out} and its preprocessing to {out.with_suffix('.json')}")
+    print(f"wrote the {model.config.method.name} encoder (epoch {epoch}) to {out} and its preprocessing to {preprocessing_path(out)}")
     return 0
 
 
@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export", help="write a run's encoder (backbone, plus cluster head) as safetensors, TorchScript or ONNX",
         description="Writes the encoder (normalised images -> features, and cluster probabilities for methods "
-                    "with a cluster head) and, beside it, NAME.json with the preprocessing it expects.",
+                    "with a cluster head) and, beside it, FILE.json (e.g. model.onnx.json) with the preprocessing it expects.",
     )
     export.add_argument("run_dir")
     export.add_argument("--format", choices=["safetensors", "torchscript", "onnx"], default="safetensors",

@@ -4,7 +4,8 @@ What is exported is the encoder: normalised images (N × C × H × W float32)
 in, backbone features (N × D) out, plus cluster probabilities (N × K) for
 methods with a cluster head (cc's softmax head, center_predictor's centres).
 Projection heads, momentum encoders, queues and memory banks are training
-machinery and stay behind. Beside the model, ``NAME.json`` says how to feed
+machinery and stay behind. Beside the model, ``FILE.json`` (``model.onnx.json`` for
+``model.onnx``, so exports in several formats never overwrite each other's) says how to feed
 it: input size, channels, the per-channel mean and std to normalise with,
 output names and sizes.
 
@@ -94,7 +95,7 @@ def preprocessing(model: Model, encoder: Encoder, epoch: int, fmt: str, file: Pa
 
 
 def export_model(model: Model, epoch: int, fmt: str, out: Path) -> Path:
-    """Write ``model``'s encoder to ``out`` in ``fmt`` and its preprocessing to ``out`` with suffix .json."""
+    """Write ``model``'s encoder to ``out`` in ``fmt`` and its preprocessing beside it."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if out.suffix != FORMATS[fmt]:
@@ -120,8 +121,13 @@ def export_model(model: Model, epoch: int, fmt: str, out: Path) -> Path:
         atomic_write(out, lambda f: f.write(buffer.getbuffer()))
     else:
         atomic_write(out, lambda f: f.write(_onnx_bytes(encoder, example)))
-    write_json(out.with_suffix(".json"), settings)
+    write_json(preprocessing_path(out), settings)
     return out
+
+
+def preprocessing_path(out: Path) -> Path:
+    """Where the preprocessing JSON of the model written to ``out`` goes: beside it, ``out`` + ".json"."""
+    return out.with_name(out.name + ".json")
 
 
 def _onnx_bytes(encoder: Encoder, example: torch.Tensor) -> bytes:
