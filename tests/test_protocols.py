@@ -245,6 +245,7 @@ def run(tmp_path_factory) -> Path:
 @pytest.mark.parametrize(("args", "message"), [
     (["--protocol", "knn", "--clusters", "20"], "--clusters applies to --protocol kmeans, which is not being run"),
     (["--clusters", "20"], "--clusters is an option of --protocol"),
+    (["--seeds", "0", "1"], "--seeds is an option of --protocol"),
     (["--protocol", "transfer"], "--protocol transfer needs data set B"),
     (["--protocol", "transfer", "--set", "model.width=1"], "--set here names data set B only (data.KEY=VALUE), got model.width=1"),
     (["--protocol", "semi", "--semi-fractions", "0.01", "1.5"], "--semi-fractions must lie in (0, 1]"),

@@ -118,7 +118,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if args.protocol:
         return _evaluate_protocols(run_dir, args)
-    given = [flag for flag, dest, _ in _PROTOCOL_FLAGS if getattr(args, dest) not in (None, [])]
+    given = [flag for flag, dest, _ in [("--seeds", "seeds", ()), *_PROTOCOL_FLAGS] if getattr(args, dest) not in (None, [])]
     if given:
         raise UserError(f"{given[0]} is an option of --protocol; name the protocols to run")
     from clusterclr.train import finish, load_run
