@@ -300,21 +300,6 @@ def test_resuming_on_changed_data_is_refused(tmp_path):
         resume_run(tmp_path / "run")
 
 
-def test_exported_weights_are_safetensors_with_the_config(finished, tmp_path, capsys):
-    from safetensors import safe_open
-
-    out = tmp_path / "weights.safetensors"
-    assert main(["export", str(finished), "--out", str(out)]) == 0
-    state = load_checkpoint(finished / CHECKPOINT)
-    with safe_open(str(out), "pt") as f:
-        assert set(f.keys()) == set(state["method"])
-        assert all(torch.equal(f.get_tensor(key), value) for key, value in state["method"].items())
-        metadata = f.metadata()
-    assert json.loads(metadata["config"]) == state["config"] and metadata["epoch"] == "2"
-    assert main(["export", str(finished), "--out", str(tmp_path / "weights.pt")]) == 2
-    assert "--out must name a .safetensors file" in capsys.readouterr().err
-
-
 # --- --resume auto ---------------------------------------------------------------------------------
 
 

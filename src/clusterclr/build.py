@@ -88,6 +88,11 @@ def resolve_clusters(requested: int | None, num_classes: int | None, num_points:
     return clusters
 
 
+def resolve_stem(stem: str, image_size: tuple[int, int]) -> str:
+    """The ResNet stem: as configured, or for "auto" the CIFAR stem up to 64 px and ImageNet's above."""
+    return stem if stem != "auto" else ("cifar" if min(image_size) <= 64 else "imagenet")
+
+
 def build_model(
     config: Config, data: DataInfo, normalisation: dict[str, list[float]], backbone_weights: dict[str, torch.Tensor] | None = None
 ) -> Model:
@@ -102,8 +107,7 @@ def build_model(
         tuple(normalisation["mean"]),
         tuple(normalisation["std"]),
     ).to(device)
-    stem = config.model.stem if config.model.stem != "auto" else ("cifar" if side <= 64 else "imagenet")
-    backbone = build_backbone(config.model.backbone, data.channels, stem, config.model.width)
+    backbone = build_backbone(config.model.backbone, data.channels, resolve_stem(config.model.stem, data.image_size), config.model.width)
     if backbone_weights is not None:
         _load_backbone(backbone, backbone_weights)
     method_cls = get_method(config.method.name)

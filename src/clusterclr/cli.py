@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -134,13 +133,99 @@ def default_run_dir(method: str, dataset: str) -> Path:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    if args.protocol:
+        return _evaluate_protocols(run_dir, args)
+    given = [flag for flag, dest, _ in [("--seeds", "seeds", ()), *_PROTOCOL_FLAGS] if getattr(args, dest) not in (None, [])]
+    if given:
+        raise UserError(f"{given[0]} is an option of --protocol; name the protocols to run")
     from clusterclr.train import finish, load_run
 
-    run_dir = Path(args.run_dir)
     parts, epoch = load_run(run_dir)
     print(f"evaluating {run_dir} at epoch {epoch}/{parts.config.train.epochs}", file=sys.stderr)
     print(metrics_table(finish(parts, run_dir, epoch)))
     return 0
+
+
+# (flag, argparse dest, the protocols it applies to)
+_PROTOCOL_FLAGS = [
+    ("--knn-k", "knn_k", ("knn", "transfer")),
+    ("--knn-temperature", "knn_temperature", ("knn", "transfer")),
+    ("--clusters", "clusters", ("kmeans",)),
+    ("--weight-decays", "weight_decays", ("linear", "transfer")),
+    ("--semi-fractions", "semi_fractions", ("semi",)),
+    ("--semi-epochs", "semi_epochs", ("semi",)),
+    ("--semi-lr", "semi_lr", ("semi",)),
+    ("--semi-batch-size", "semi_batch_size", ("semi",)),
+    ("--data-config", "data_config", ("transfer",)),
+    ("--set", "overrides", ("transfer",)),
+]
+
+
+def _evaluate_protocols(run_dir: Path, args: argparse.Namespace) -> int:
+    from clusterclr.evaluate.protocols import evaluate_protocols
+    from clusterclr.evaluate.results import results_table
+
+    names = list(dict.fromkeys(args.protocol))
+    options = _protocol_options(args, names)
+    seeds = args.seeds or [0]
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise UserError(f"--seeds must be distinct non-negative integers, got {' '.join(map(str, seeds))}")
+    print(f"evaluating {run_dir}: {', '.join(names)} (seeds {' '.join(map(str, seeds))})", file=sys.stderr)
+    sections = evaluate_protocols(run_dir, names, seeds, options)
+    print(results_table(sections))
+    print(f"results merged into {run_dir / 'metrics.json'}")
+    return 0
+
+
+def _protocol_options(args: argparse.Namespace, names: list[str]):
+    """The protocols' options from the flags, each checked here, before any data or model is loaded."""
+    from clusterclr.evaluate.finetune import FinetuneOptions
+    from clusterclr.evaluate.protocols.options import ProtocolOptions
+
+    for flag, dest, protocols in _PROTOCOL_FLAGS:
+        if getattr(args, dest) not in (None, []) and not set(protocols) & set(names):
+            raise UserError(f"{flag} applies to --protocol {' or '.join(protocols)}, which is not being run")
+    positive = {
+        "--knn-k": args.knn_k, "--clusters": args.clusters, "--semi-epochs": args.semi_epochs,
+        "--semi-batch-size": args.semi_batch_size, "--knn-temperature": args.knn_temperature,
+        "--semi-lr": args.semi_lr, "--weight-decays": args.weight_decays,
+    }
+    for flag, value in positive.items():
+        values = value if isinstance(value, list) else [value]
+        if any(v is not None and not v > 0 for v in values):
+            raise UserError(f"{flag} must be positive, got {' '.join(map(str, values))}")
+    if args.semi_fractions and not all(0 < f <= 1 for f in args.semi_fractions):
+        raise UserError(f"--semi-fractions must lie in (0, 1], e.g. 0.01 0.1; got {' '.join(map(str, args.semi_fractions))}")
+    if args.semi_batch_size == 1:
+        raise UserError("--semi-batch-size must be at least 2 (batch norm trains on batches)")
+    defaults = FinetuneOptions()
+    finetune = FinetuneOptions(
+        epochs=args.semi_epochs or defaults.epochs,
+        lr=args.semi_lr or defaults.lr,
+        batch_size=args.semi_batch_size or defaults.batch_size,
+    )
+    given = {
+        "knn_k": tuple(args.knn_k) if args.knn_k else None,
+        "knn_temperature": args.knn_temperature,
+        "clusters": tuple(args.clusters) if args.clusters else None,
+        "weight_decays": tuple(args.weight_decays) if args.weight_decays else None,
+        "semi_fractions": tuple(args.semi_fractions) if args.semi_fractions else None,
+        "transfer_data": _transfer_data(args) if "transfer" in names else None,
+    }
+    return ProtocolOptions(finetune=finetune, **{key: value for key, value in given.items() if value is not None})
+
+
+def _transfer_data(args: argparse.Namespace):
+    """Data set B of --protocol transfer: the data section of --data-config, then --set data.KEY=VALUE."""
+    from clusterclr.config import build_config
+
+    if not args.data_config and not args.overrides:
+        raise UserError("--protocol transfer needs data set B: --set data.dataset=NAME [data.root=PATH] or --data-config FILE")
+    outside = [text for text in args.overrides if not text.startswith("data.")]
+    if outside:
+        raise UserError(f"--set here names data set B only (data.KEY=VALUE), got {outside[0]}")
+    return build_config(args.data_config, None, args.overrides).data
 
 
 def _embed(args: argparse.Namespace) -> int:
@@ -161,20 +246,13 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from clusterclr.build import read_run
-    from clusterclr.io import save_safetensors
+    from clusterclr.build import load_model
+    from clusterclr.export import export_model, preprocessing_path
 
     out = Path(args.out)
-    if out.suffix != ".safetensors":
-        raise UserError(f"--out must name a .safetensors file, got {out}")
-    _, state = read_run(Path(args.run_dir))
-    metadata = {
-        "producer": "clusterclr",
-        "epoch": str(state["epoch"]),
-        **{key: json.dumps(state[key]) for key in ("config", "data_info", "normalisation")},
-    }
-    save_safetensors(out, state["method"], metadata)
-    print(f"wrote {len(state['method'])} tensors (epoch {state['epoch']}) to {out}")
+    model, epoch = load_model(Path(args.run_dir))
+    export_model(model, epoch, args.format, out)
+    print(f"wrote the {model.config.method.name} encoder (epoch {epoch}) to {out} and its preprocessing to {preprocessing_path(out)}")
     return 0
 
 
@@ -288,8 +366,28 @@ def build_parser() -> argparse.ArgumentParser:
                             "holds one (else start it), or without --out the newest run under runs/")
     train.set_defaults(handler=_train)
 
-    evaluate = commands.add_parser("evaluate", help="re-evaluate a finished or interrupted run")
+    evaluate = commands.add_parser(
+        "evaluate", help="re-evaluate a run, or run evaluation protocols on it (--protocol)",
+        description="Without --protocol: the run's standard evaluation (kNN, k-means, head), rewritten into "
+                    "metrics.json. With --protocol: each protocol's scores (mean ± std over --seeds where the "
+                    "seed matters) merged into metrics.json under its name.",
+    )
     evaluate.add_argument("run_dir")
+    evaluate.add_argument("--protocol", nargs="+", choices=["knn", "linear", "kmeans", "head", "semi", "transfer"],
+                          help="protocols to run, in order")
+    evaluate.add_argument("--seeds", nargs="+", type=int, help="seeds for linear, kmeans, semi, transfer (default: 0)")
+    evaluate.add_argument("--knn-k", nargs="+", type=int, help="kNN neighbours, one or more (default: the run's eval.knn_k)")
+    evaluate.add_argument("--knn-temperature", type=float, help="kNN vote temperature (default: the run's eval.knn_temperature)")
+    evaluate.add_argument("--clusters", nargs="+", type=int,
+                          help="k-means K, one or more; K > classes is over-clustering (default: the run's)")
+    evaluate.add_argument("--weight-decays", nargs="+", type=float, help="linear probe weight-decay sweep")
+    evaluate.add_argument("--semi-fractions", nargs="+", type=float, help="labelled fractions (default: 0.01 0.1)")
+    evaluate.add_argument("--semi-epochs", type=int, help="fine-tuning epochs over the labelled subset (default: 30)")
+    evaluate.add_argument("--semi-lr", type=float, help="fine-tuning learning rate (default: 0.02)")
+    evaluate.add_argument("--semi-batch-size", type=int, help="fine-tuning batch size (default: 32)")
+    evaluate.add_argument("--data-config", help="transfer: YAML file whose data section is data set B")
+    evaluate.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="data.KEY=VALUE",
+                          help="transfer: data set B, e.g. --set data.dataset=cifar10 data.root=PATH")
     evaluate.set_defaults(handler=_evaluate)
 
     embed = commands.add_parser("embed", help="write embeddings (.npy) and k-means clusters (.csv) of a data set")
@@ -302,9 +400,15 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", required=True, help="output FILE.npy; the CSV goes beside it")
     embed.set_defaults(handler=_embed)
 
-    export = commands.add_parser("export", help="write a run's trained weights as safetensors (tensors only, no code)")
+    export = commands.add_parser(
+        "export", help="write a run's encoder (backbone, plus cluster head) as safetensors, TorchScript or ONNX",
+        description="Writes the encoder (normalised images -> features, and cluster probabilities for methods "
+                    "with a cluster head) and, beside it, FILE.json (e.g. model.onnx.json) with the preprocessing it expects.",
+    )
     export.add_argument("run_dir")
-    export.add_argument("--out", required=True, help="output FILE.safetensors; the config goes in its metadata")
+    export.add_argument("--format", choices=["safetensors", "torchscript", "onnx"], default="safetensors",
+                        help="safetensors (default; tensors only), torchscript (.pt) or onnx (needs clusterclr[onnx])")
+    export.add_argument("--out", required=True, help="output file: .safetensors, .pt or .onnx to match --format")
     export.set_defaults(handler=_export)
 
     report = commands.add_parser("report", help="write RUN_DIR/report.html: curves, embedding map, cluster galleries")

@@ -56,7 +56,8 @@ from clusterclr.build import CHECKPOINT, Parts, backbone_state, build_parts, loa
 from clusterclr.config import Config, validate
 from clusterclr.errors import Interrupted, UserError
 from clusterclr.evaluate.protocol import evaluate_parts
-from clusterclr.io import CHECKPOINT_FORMAT, load_newest_checkpoint, previous_checkpoint, save_checkpoint, write_json, write_text
+from clusterclr.evaluate.results import update_metrics
+from clusterclr.io import CHECKPOINT_FORMAT, load_newest_checkpoint, previous_checkpoint, save_checkpoint, write_text
 from clusterclr.methods.base import Batch, StepOutput, TrainingImages
 from clusterclr.models.backbones import ResNet
 from clusterclr.optim import build_optimizer, lr_at, peak_lr
@@ -557,7 +558,8 @@ def finish(parts: Parts, run_dir: Path, epoch: int) -> dict[str, Any]:
         num_test=len(parts.splits.test),
         clusters=parts.eval_clusters,
     )
-    write_json(run_dir / "metrics.json", metrics)
+    # Results of `evaluate --protocol` (their own keys) survive a re-evaluation.
+    update_metrics(run_dir / "metrics.json", metrics)
     return metrics
 
 

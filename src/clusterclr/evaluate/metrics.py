@@ -95,6 +95,41 @@ def cluster_accuracy(labels_true: np.ndarray, labels_pred: np.ndarray) -> float:
     return float(table[rows, cols].sum() / table.sum())
 
 
+def purity(labels_true: np.ndarray, labels_pred: np.ndarray) -> float:
+    """Fraction of samples whose cluster's most common class is their own: ``sum_j max_i n[i, j] / N``.
+
+    Any number of clusters; more clusters never lower it (singletons score 1.0),
+    so read it next to the number of clusters.
+    """
+    table = contingency(labels_true, labels_pred)
+    return float(table.max(axis=0).sum() / table.sum())
+
+
+def majority_mapping(labels_true: np.ndarray, labels_pred: np.ndarray, clusters: int) -> np.ndarray:
+    """Each of ``clusters`` cluster ids (0..clusters-1) mapped to its most common class.
+
+    Many clusters may map to one class (over-clustering). A cluster with no
+    samples maps to the most common class overall; ties go to the smaller class.
+    """
+    labels_true, labels_pred = _check_labels(labels_true, labels_pred)
+    if labels_pred.min() < 0 or labels_pred.max() >= clusters:
+        raise ValueError(f"cluster ids must lie in 0..{clusters - 1}")
+    classes = int(labels_true.max()) + 1
+    counts = np.zeros((clusters, classes), dtype=np.int64)
+    np.add.at(counts, (labels_pred, labels_true), 1)
+    mapping = counts.argmax(axis=1)
+    mapping[counts.sum(axis=1) == 0] = np.bincount(labels_true).argmax()
+    return mapping
+
+
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of rows of ``scores`` (N × C) whose ``k`` highest entries include the label (k clipped to C)."""
+    scores, labels = np.asarray(scores), np.asarray(labels)
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return float((top == labels[:, None]).any(axis=1).mean())
+
+
 def clustering_scores(labels_true: np.ndarray, labels_pred: np.ndarray) -> dict[str, float]:
     """NMI, ACC and ARI of one clustering, keyed ``"nmi"``, ``"acc"``, ``"ari"``."""
     return {

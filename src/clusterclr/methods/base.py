@@ -160,6 +160,9 @@ class Method(nn.Module):
     has_idle_parameters: ClassVar[bool] = False
     # In a distributed run: contrast with every rank's views and keys, not this rank's alone (train.gather_negatives).
     gather_negatives: bool = True
+    # The attribute holding the module behind ``cluster_probabilities``, for methods that own a
+    # cluster head: evaluated by the head protocol and exported with the backbone.
+    cluster_head_attribute: ClassVar[str | None] = None
 
     def __init__(self, backbone: ResNet, options: MethodOptions, data: DataInfo) -> None:
         super().__init__()
@@ -199,6 +202,9 @@ class Method(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Features used for evaluation and export: the backbone's pooled output."""
         return self.backbone(images)
+
+    def cluster_head_module(self) -> nn.Module | None:
+        return None if self.cluster_head_attribute is None else getattr(self, self.cluster_head_attribute)
 
     @torch.no_grad()
     def cluster_probabilities(self, features: torch.Tensor) -> torch.Tensor | None:

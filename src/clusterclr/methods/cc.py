@@ -40,6 +40,7 @@ class ContrastiveClustering(Method):
 
     name = "cc"
     Options = CCOptions
+    cluster_head_attribute = "cluster_head"
 
     def __init__(self, backbone: ResNet, options: CCOptions, data: DataInfo) -> None:
         super().__init__(backbone, options, data)

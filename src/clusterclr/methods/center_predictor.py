@@ -64,6 +64,7 @@ class CenterPredictor(Method):
 
     name = "center_predictor"
     Options = CenterPredictorOptions
+    cluster_head_attribute = "centres"
     needs_clean_view = True
     has_idle_parameters = True  # the centres, before they are set
 

@@ -28,3 +28,7 @@ def get_method(name: str) -> type[Method]:
 def method_summaries() -> dict[str, str]:
     """Name -> the first line of the method's docstring."""
     return {name: (cls.__doc__ or "").strip().splitlines()[0] for name, cls in sorted(_METHODS.items())}
+
+
+def methods_with_cluster_head() -> list[str]:
+    return sorted(name for name, cls in _METHODS.items() if cls.cluster_head_attribute is not None)
