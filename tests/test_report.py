@@ -15,7 +15,7 @@ from clusterclr.config import build_config
 from clusterclr.evaluate.metrics import cluster_accuracy
 from clusterclr.report.content import ReportContent, run_report_content
 from clusterclr.report.gallery import most_confident
-from clusterclr.report.plots import matched_table
+from clusterclr.report.plots import matched_table, method_diagnostics
 from clusterclr.report.write import FIGURES, REPORT, write_report
 from clusterclr.train import load_run, start_run
 
@@ -127,6 +127,17 @@ def test_report_escapes_file_class_and_config_names(tmp_path):
             image.verify()
     assert {p.name for p in (tmp_path / FIGURES).iterdir()} >= {"map_clusters.png", "map_classes.png", "confusion_matrix.png",
                                                                "cluster_sizes.png", "gallery.png"}
+
+
+def test_method_diagnostics_are_drawn_from_method_log_lines_only():
+    step = {"kind": "step", "step": 1, "epoch": 0, "loss": 5.0, "positive_precision": 0.2}
+    assert method_diagnostics([step]) is None  # a method without diagnostics gets no figure
+    refreshes = [
+        {"kind": "method", "step": 10 * e, "epoch": e, "pair_precision": 0.3 + e / 100, "pairs": 500, "clusters_empty": e % 2}
+        for e in range(0, 20, 5)
+    ]
+    png = method_diagnostics([step, *refreshes])
+    assert png is not None and png.startswith(b"\x89PNG")
 
 
 TINY = [

@@ -17,10 +17,13 @@ from matplotlib.figure import Figure
 from scipy.optimize import linear_sum_assignment
 
 # Logged per step but not losses: drawn elsewhere or on another scale.
-NOT_LOSSES = frozenset({"epoch", "lr", "output_std", "clusters_used"})
+NOT_LOSSES = frozenset({"epoch", "lr", "output_std", "clusters_used", "positive_precision"})
 # Bookkeeping in every record, and an epoch record's speed: never curves.
 EPOCH_STATISTICS = frozenset({"step", "time", "seconds", "images_per_second"})
 EVAL_CURVES = ("knn_acc", "kmeans_nmi", "kmeans_acc", "kmeans_ari", "head_nmi", "head_acc", "head_ari")
+# Method diagnostics (the "method" log lines) drawn as scores in [0, 1]: the label agreement
+# of mined pairs and cluster-mate positives, and the pseudo-labels' NMI against the classes.
+DIAGNOSTIC_SCORES = ("precision", "nmi")
 # Beyond this many clusters or classes, legends and per-cell numbers stop being readable.
 MAX_LABELLED = 20
 
@@ -63,6 +66,30 @@ def training_curves(log: Sequence[dict[str, Any]]) -> bytes | None:
                 points = [(r["epoch"], r[key]) for r in evals if _numeric(r.get(key))]
                 ax.plot(*zip(*points), marker="o", label=key, linewidth=1.2)
             ax.set(xlabel="epoch", ylabel="score", title="online evaluation", ylim=(0, 1))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _png(figure)
+
+
+def method_diagnostics(log: Sequence[dict[str, Any]]) -> bytes | None:
+    """What a method logs about its positives and clusters over training (SePP pair precision,
+    InterCLR/PCL pseudo-label NMI, empty clusters), by epoch; None for methods that log none."""
+    records = [r for r in log if r.get("kind") == "method" and _numeric(r.get("epoch"))]
+    keys = sorted({k for r in records for k, v in r.items() if _numeric(v)})
+    scores = [k for k in keys if any(word in k for word in DIAGNOSTIC_SCORES)]
+    empty = [k for k in keys if k.endswith("clusters_empty")]
+    panels = [(name, wanted) for name, wanted in (("scores", scores), ("empty", empty)) if wanted]
+    if not panels:
+        return None
+    figure = Figure(figsize=(6 * len(panels), 3.6))
+    for ax, (panel, wanted) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
+        for key in wanted:
+            points = [(r["epoch"], r[key]) for r in records if _numeric(r.get(key))]
+            ax.plot(*zip(*points), marker="o", label=_plain(key), linewidth=1.2)
+        if panel == "scores":
+            ax.set(xlabel="epoch", ylabel="score", title="positives and pseudo-labels vs. classes", ylim=(0, 1))
+        else:
+            ax.set(xlabel="epoch", ylabel="clusters", title="empty clusters")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _png(figure)

@@ -8,7 +8,14 @@ from clusterclr.io import atomic_write, write_text
 from clusterclr.report.content import ReportContent
 from clusterclr.report.gallery import gallery_grid, most_confident, thumbnail_png
 from clusterclr.report.html import Plot, Thumbnail, render_page
-from clusterclr.report.plots import cluster_sizes, confusion_matrix, matched_table, scatter_map, training_curves
+from clusterclr.report.plots import (
+    cluster_sizes,
+    confusion_matrix,
+    matched_table,
+    method_diagnostics,
+    scatter_map,
+    training_curves,
+)
 from clusterclr.report.projection import embedding_map
 
 REPORT = "report.html"
@@ -21,6 +28,13 @@ def _plots(content: ReportContent) -> list[Plot]:
     curves = training_curves(content.log)
     if curves is not None:
         plots.append(Plot("training_curves.png", "training losses by step; online kNN and clustering scores by epoch", curves))
+    diagnostics = method_diagnostics(content.log)
+    if diagnostics is not None:
+        plots.append(Plot(
+            "method_diagnostics.png",
+            "the method's own diagnostics by epoch: label precision of its positives, pseudo-label NMI, empty clusters",
+            diagnostics,
+        ))
     mapped = embedding_map(content.features.numpy(), content.seed)
     if mapped is not None:
         shown = f"{len(mapped.rows)} of {len(content.features)} images" if len(mapped.rows) < len(content.features) else "all images"
