@@ -230,3 +230,41 @@ def test_uneven_batch_split_is_refused(monkeypatch):
     monkeypatch.setattr(distributed, "world_size", lambda: 3)
     with pytest.raises(UserError, match="optim.batch_size=256 does not split evenly over 3 processes"):
         distributed.check_batch(256)
+
+
+# Batch norm in training mode here: between the epochs' averaging each rank's running statistics follow
+# its own slices, and a mid-epoch checkpoint must carry every rank's (rank 0's alone resumes inexactly).
+RESUMED = [
+    "train.device=cpu", "train.precision=fp32", "train.progress=false", "train.report=false", "train.eval_every=0",
+    "train.epochs=3", "train.checkpoint_every=100", "model.width=0.125", "optim.batch_size=256", *HEADS,
+]
+
+
+def _stopped_and_resumed(rank: int, tmp: str) -> None:
+    from clusterclr.errors import Interrupted
+    from clusterclr.train import resume_run, start_run
+
+    optimise = Trainer.optimise
+
+    def stop_on_rank_1_after_step_7(self, out, step):
+        optimise(self, out, step)
+        if rank == 1 and step + 1 == 7:  # mid-epoch 2; a stop asked on one rank stops both
+            self.stop_signal = 15
+
+    Trainer.optimise = stop_on_rank_1_after_step_7
+    with pytest.raises(Interrupted):
+        start_run(build_config(overrides=RESUMED), Path(tmp) / "resumed")
+    Trainer.optimise = optimise
+    resume_run(Path(tmp) / "resumed")
+    start_run(build_config(overrides=RESUMED), Path(tmp) / "uninterrupted")
+
+
+def test_a_stopped_two_process_run_resumes_to_the_uninterrupted_result(tmp_path):
+    from clusterclr.build import CHECKPOINT
+    from clusterclr.io import load_checkpoint
+
+    _spawn(_stopped_and_resumed, tmp_path)
+    resumed, uninterrupted = (load_checkpoint(tmp_path / run / CHECKPOINT) for run in ("resumed", "uninterrupted"))
+    assert resumed["epoch"] == uninterrupted["epoch"] == 3
+    for key, value in uninterrupted["method"].items():
+        assert torch.equal(resumed["method"][key], value), key

@@ -460,7 +460,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clusterclr: training diverged: {err}", file=sys.stderr)
         return 1
     except Interrupted as err:
-        print(f"clusterclr: {err}", file=sys.stderr)
+        from clusterclr import distributed
+
+        if distributed.is_main():  # every process of a torchrun run stops at the same step; one says so
+            print(f"clusterclr: {err}", file=sys.stderr)
         return err.exit_status
     except KeyboardInterrupt:
         print(

@@ -45,7 +45,8 @@ def world_size() -> int:
 
 
 def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    # Outside the process group (before joining it, or after leaving), torchrun's RANK still says who we are.
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", "0"))
 
 
 def is_main() -> bool:
@@ -158,16 +159,33 @@ def broadcast_state(module: nn.Module) -> None:
     broadcast(*(value for value in module.state_dict().values() if isinstance(value, torch.Tensor)))
 
 
+def _batch_norms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
+
+
+def batch_norm_statistics(module: nn.Module) -> list[torch.Tensor]:
+    """This rank's running statistics, on the CPU: between epochs' averaging they differ by rank."""
+    return [stat.detach().cpu().clone() for m in _batch_norms(module) for stat in (m.running_mean, m.running_var, m.num_batches_tracked)]
+
+
+@torch.no_grad()
+def load_batch_norm_statistics(module: nn.Module, statistics: list[torch.Tensor]) -> None:
+    stats = [stat for m in _batch_norms(module) for stat in (m.running_mean, m.running_var, m.num_batches_tracked)]
+    if len(stats) != len(statistics):
+        raise ValueError(f"{len(statistics)} batch-norm statistics for {len(stats)} buffers")
+    for stat, saved in zip(stats, statistics):
+        stat.copy_(saved)
+
+
 @torch.no_grad()
 def average_batch_norm_statistics(module: nn.Module) -> None:
     """Average the running statistics of every batch norm over ranks (without SyncBatchNorm they drift apart)."""
     if world_size() == 1:
         return
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-            for stat in (m.running_mean, m.running_var):
-                dist.all_reduce(stat)
-                stat.div_(world_size())
+    for m in _batch_norms(module):
+        for stat in (m.running_mean, m.running_var):
+            dist.all_reduce(stat)
+            stat.div_(world_size())
 
 
 def wrap(method: nn.Module, device: torch.device, sync_batch_norm: bool, idle_parameters: bool) -> nn.Module:

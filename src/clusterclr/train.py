@@ -88,7 +88,9 @@ class EpochProgress:
     seconds: float = 0.0  # time spent on this epoch before this process took it up
     rng: torch.Tensor | None = None  # global RNG state to restore when resuming
     cuda_rng: torch.Tensor | None = None
-    other_ranks_rng: list | None = None  # (rng, cuda_rng) of ranks 1, 2, ... of a distributed run
+    # (rng, cuda_rng, batch-norm statistics) of ranks 1, 2, ... of a distributed run: between the
+    # epochs' averaging, each rank's running statistics follow its own slices.
+    other_ranks: list | None = None
     started: float = field(default_factory=time.perf_counter)
 
     def elapsed(self) -> float:
@@ -158,19 +160,23 @@ class Trainer:
         }
         if progress is not None:
             cuda = self.parts.device.type == "cuda"
-            rngs = distributed.gather_objects((torch.get_rng_state(), torch.cuda.get_rng_state(self.parts.device) if cuda else None))
+            ranks = distributed.gather_objects((
+                torch.get_rng_state(),
+                torch.cuda.get_rng_state(self.parts.device) if cuda else None,
+                distributed.batch_norm_statistics(self.method),
+            ))
             state["mid_epoch"] = {
                 "step": progress.step,
                 # Every rank's losses so far, averaged: each rank resumes from the global sum.
                 "loss_sum": (distributed.all_sum(progress.loss_sum.detach()) / distributed.world_size()).cpu(),
                 "loss_steps": progress.loss_steps,
                 "seconds": progress.elapsed(),
-                "rng": rngs[0][0],
+                "rng": ranks[0][0],
             }
             if cuda:
-                state["mid_epoch"]["cuda_rng"] = rngs[0][1]
-            if len(rngs) > 1:
-                state["mid_epoch"]["other_ranks_rng"] = [list(pair) for pair in rngs[1:]]
+                state["mid_epoch"]["cuda_rng"] = ranks[0][1]
+            if len(ranks) > 1:
+                state["mid_epoch"]["other_ranks"] = [list(own) for own in ranks[1:]]
         return state
 
     def save(self, progress: EpochProgress | None = None) -> None:
@@ -206,7 +212,7 @@ class Trainer:
                 float(mid["seconds"]),
                 mid["rng"],
                 mid.get("cuda_rng"),
-                mid.get("other_ranks_rng"),
+                mid.get("other_ranks"),
             )
         self._saved_at = (self.epoch, None if mid is None else self.resume_point.step)
         self.last_good = f"{path} ({self._where(self.resume_point)})"
@@ -249,7 +255,7 @@ class Trainer:
             if progress is None:
                 progress = EpochProgress(loss_sum=torch.zeros((), device=device))
             else:
-                self._restore_rng(progress)
+                self._restore_rank_state(progress)
             while progress.step < self.steps_per_epoch:
                 self._stop_if_requested(progress, bar)
                 i = progress.step
@@ -318,13 +324,14 @@ class Trainer:
         self.scaler.update()
         self.method.after_optimizer_step((step + 1) / self.total_steps)
 
-    def _restore_rng(self, progress: EpochProgress) -> None:
-        """Put this rank's random stream where the interrupted run's was in this epoch."""
+    def _restore_rank_state(self, progress: EpochProgress) -> None:
+        """Put this rank's random stream (and, beyond rank 0, its batch-norm statistics) where the interrupted run's were."""
         rank, device = distributed.rank(), self.parts.device
         if rank == 0:
             rng, cuda_rng = progress.rng, progress.cuda_rng
-        elif progress.other_ranks_rng is not None and len(progress.other_ranks_rng) == distributed.world_size() - 1:
-            rng, cuda_rng = progress.other_ranks_rng[rank - 1]
+        elif progress.other_ranks is not None and len(progress.other_ranks) == distributed.world_size() - 1:
+            rng, cuda_rng, batch_norm = progress.other_ranks[rank - 1]
+            distributed.load_batch_norm_statistics(self.method, batch_norm)
         else:
             warnings.warn(
                 f"the checkpoint was taken mid-epoch by a run with a different number of processes: rank {rank} "
