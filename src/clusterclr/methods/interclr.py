@@ -25,7 +25,6 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Pos
 
 from clusterclr import distributed
 from clusterclr.clustering.diagnostics import pseudo_label_report
-from clusterclr.losses.contrastive import info_nce
 from clusterclr.losses.inter_image import margin_info_nce
 from clusterclr.memory.bank import MemoryBank
 from clusterclr.errors import UserError
@@ -33,9 +32,7 @@ from clusterclr.methods.base import Batch, DataInfo, StepOutput, TrainingImages,
 from clusterclr.methods.moco_v2 import MoCoV2, MoCoV2Options
 from clusterclr.methods.registry import register_method
 from clusterclr.models.backbones import ResNet
-from clusterclr.models.split_batch import forward_in_groups
 from clusterclr.positives.cluster_mates import cluster_mates, semi_hard_negatives
-from clusterclr.positives.views import own_key
 
 
 class InterCLROptions(MoCoV2Options):
@@ -112,25 +109,13 @@ class InterCLR(MoCoV2):
 
     def training_step(self, batch: Batch) -> StepOutput:
         o = self.options
-        first, second = batch.views
-        pairs = [(first, second), (second, first)] if o.symmetric else [(first, second)]
-        intra, inter, keys = [], [], []
+        intra_loss, queries, keys = self._contrast_with_queue(batch.views)
         logs: dict[str, torch.Tensor] = {}
-        for query_view, key_view in pairs:
-            q = forward_in_groups(self._query, query_view, o.bn_groups, shuffle=False)
-            k = forward_in_groups(self.key_encoder, key_view, o.bn_groups, shuffle=True)
-            batch_keys, all_keys, first = self._batch_keys(k)
-            candidates = torch.cat([batch_keys, self.queue.keys()])
-            intra.append(info_nce(q, candidates, own_key(len(q), len(candidates), q.device, first), o.temperature))
-            if self._inter_active:
-                inter.append(self._inter_image_loss(q, batch.indices, logs))
-            keys.append(all_keys)
+        inter = [self._inter_image_loss(q, batch.indices, logs) for q in queries] if self._inter_active else []
         # Like the queue, the bank takes this batch's keys only after the optimiser step (one key per image),
         # every rank's, so that all ranks keep the same bank.
-        self._new_keys = torch.cat(keys)
         self._bank_update = (distributed.gather(batch.indices), keys[0])
-        intra_loss = torch.stack(intra).mean()
-        logs.update(intra=intra_loss.detach(), output_std=normalised_std(q))
+        logs.update(intra=intra_loss.detach(), output_std=normalised_std(queries[-1]))
         if inter:
             inter_loss = torch.stack(inter).mean()
             loss = o.intra_weight * intra_loss + o.inter_weight * inter_loss

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -57,21 +58,33 @@ class MoCoV2(Method):
         return self.projector(self.backbone(x))
 
     def training_step(self, batch: Batch) -> StepOutput:
+        loss, queries, _ = self._contrast_with_queue(batch.views)
+        return StepOutput(loss, {"loss": loss.detach(), "output_std": normalised_std(queries[-1])})
+
+    def _contrast_with_queue(
+        self, views: list[torch.Tensor], positives: Callable[[int, int, torch.device, int], torch.Tensor] = own_key
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """InfoNCE of queries against [the batch's keys; the queue], for one (query, key) view pair or both.
+
+        ``positives(queries, candidates, device, first)`` marks each query's positive candidates
+        (MoCo: its own key, the batch's key ``first`` + i). Returns the mean loss, each pair's
+        queries and every rank's keys; those keys are enqueued after the optimiser step, so this
+        batch's keys are positives now and negatives only later.
+        """
         o = self.options
-        first, second = batch.views
+        first, second = views
         pairs = [(first, second), (second, first)] if o.symmetric else [(first, second)]
-        losses, keys = [], []
+        losses, queries, keys = [], [], []
         for query_view, key_view in pairs:
             q = forward_in_groups(self._query, query_view, o.bn_groups, shuffle=False)
             k = forward_in_groups(self.key_encoder, key_view, o.bn_groups, shuffle=True)
-            batch_keys, all_keys, first = self._batch_keys(k)
+            batch_keys, all_keys, own = self._batch_keys(k)
             candidates = torch.cat([batch_keys, self.queue.keys()])
-            losses.append(info_nce(q, candidates, own_key(len(q), len(candidates), q.device, first), o.temperature))
+            losses.append(info_nce(q, candidates, positives(len(q), len(candidates), q.device, own), o.temperature))
+            queries.append(q)
             keys.append(all_keys)
-        # Enqueued after the optimiser step: this batch's keys are positives now, negatives only later.
         self._new_keys = torch.cat(keys)
-        loss = torch.stack(losses).mean()
-        return StepOutput(loss, {"loss": loss.detach(), "output_std": normalised_std(q)})
+        return torch.stack(losses).mean(), queries, keys
 
     def _batch_keys(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         """This rank's keys ``k`` -> the batch's keys to contrast with, every rank's keys, and where ``k`` starts in the first.

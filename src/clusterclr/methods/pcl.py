@@ -26,14 +26,11 @@ from clusterclr import distributed
 from clusterclr.clustering.diagnostics import pseudo_label_report
 from clusterclr.clustering.prototypes import Prototypes
 from clusterclr.errors import UserError
-from clusterclr.losses.contrastive import info_nce
 from clusterclr.losses.proto_nce import proto_nce
 from clusterclr.methods.base import Batch, DataInfo, StepOutput, TrainingImages, normalised_std
 from clusterclr.methods.moco_v2 import MoCoV2, MoCoV2Options
 from clusterclr.methods.registry import register_method
 from clusterclr.models.backbones import ResNet
-from clusterclr.models.split_batch import forward_in_groups
-from clusterclr.positives.views import own_key
 
 
 class PCLOptions(MoCoV2Options):
@@ -104,28 +101,19 @@ class PCL(MoCoV2):
 
     def training_step(self, batch: Batch) -> StepOutput:
         o = self.options
-        first, second = batch.views
-        pairs = [(first, second), (second, first)] if o.symmetric else [(first, second)]
-        instance, prototype, keys = [], [], []
+        info_nce_loss, queries, _ = self._contrast_with_queue(batch.views)
         global_indices = distributed.gather(batch.indices)  # the batch's own prototypes are the global batch's
-        for query_view, key_view in pairs:
-            q = forward_in_groups(self._query, query_view, o.bn_groups, shuffle=False)
-            k = forward_in_groups(self.key_encoder, key_view, o.bn_groups, shuffle=True)
-            batch_keys, all_keys, first = self._batch_keys(k)
-            candidates = torch.cat([batch_keys, self.queue.keys()])
-            instance.append(info_nce(q, candidates, own_key(len(q), len(candidates), q.device, first), o.temperature))
-            if self._proto_active:
-                prototype.append(proto_nce(
-                    q,
-                    [p.centroids for p in self.prototypes],
-                    [p.labels[batch.indices] for p in self.prototypes],
-                    [p.concentration for p in self.prototypes],
-                    [self._included(p, global_indices) for p in self.prototypes],
-                ))
-            keys.append(all_keys)
-        self._new_keys = torch.cat(keys)  # enqueued after the optimiser step
-        info_nce_loss = torch.stack(instance).mean()
-        logs = {"info_nce": info_nce_loss.detach(), "output_std": normalised_std(q)}
+        prototype = [
+            proto_nce(
+                q,
+                [p.centroids for p in self.prototypes],
+                [p.labels[batch.indices] for p in self.prototypes],
+                [p.concentration for p in self.prototypes],
+                [self._included(p, global_indices) for p in self.prototypes],
+            )
+            for q in queries
+        ] if self._proto_active else []
+        logs = {"info_nce": info_nce_loss.detach(), "output_std": normalised_std(queries[-1])}
         loss = info_nce_loss
         if prototype:
             proto_loss = torch.stack(prototype).mean()

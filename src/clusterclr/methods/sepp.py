@@ -33,14 +33,12 @@ from pydantic import NonNegativeFloat
 from torch import nn
 
 from clusterclr import distributed
-from clusterclr.losses.contrastive import info_nce
 from clusterclr.losses.negative_cosine import negative_cosine
 from clusterclr.methods.base import Batch, GlobalViews, StepOutput, normalised_std
 from clusterclr.methods.moco_v2 import MoCoV2
 from clusterclr.methods.registry import register_method
 from clusterclr.methods.simclr import SimCLR
 from clusterclr.methods.simsiam import SimSiam, SimSiamOptions
-from clusterclr.models.split_batch import forward_in_groups
 from clusterclr.positives.sampler import SemanticPositives
 from clusterclr.positives.semantic import own_key_or_partners, partner_mask, same_image_or_partners
 
@@ -75,22 +73,12 @@ class SePPMoCoV2(SemanticPositives, MoCoV2):
         return self.key_encoder.network[0], (self.key_encoder,)
 
     def training_step(self, batch: Batch) -> StepOutput:
-        o = self.options
         key_images = distributed.gather(batch.indices) if self.gather_negatives else batch.indices
         partners = partner_mask(batch.indices, self.partners, key_images)
-        first, second = batch.views
-        pairs = [(first, second), (second, first)] if o.symmetric else [(first, second)]
-        losses, keys = [], []
-        for query_view, key_view in pairs:
-            q = forward_in_groups(self._query, query_view, o.bn_groups, shuffle=False)
-            k = forward_in_groups(self.key_encoder, key_view, o.bn_groups, shuffle=True)
-            batch_keys, all_keys, own = self._batch_keys(k)
-            candidates = torch.cat([batch_keys, self.queue.keys()])
-            losses.append(info_nce(q, candidates, own_key_or_partners(partners, len(candidates), own), o.temperature))
-            keys.append(all_keys)
-        self._new_keys = torch.cat(keys)  # enqueued after the optimiser step, as in MoCoV2
-        loss = torch.stack(losses).mean()
-        return StepOutput(loss, {"loss": loss.detach(), "output_std": normalised_std(q), **_partner_logs(partners)})
+        loss, queries, _ = self._contrast_with_queue(
+            batch.views, lambda _queries, candidates, _device, own: own_key_or_partners(partners, candidates, own)
+        )
+        return StepOutput(loss, {"loss": loss.detach(), "output_std": normalised_std(queries[-1]), **_partner_logs(partners)})
 
 
 class SePPSimSiamOptions(SimSiamOptions):
