@@ -54,6 +54,7 @@ def _worker(rank: int, fn, tmp: str, args: tuple) -> None:
     dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=WORLD)
     try:
         fn(rank, tmp, *args)
+        dist.barrier()  # rank 0 may still be evaluating: leave the group together
     finally:
         dist.destroy_process_group()
 

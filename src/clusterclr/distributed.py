@@ -69,6 +69,8 @@ def process_group() -> Iterator[None]:
         warnings.simplefilter("ignore")  # rank 0 says it once
     try:
         yield
+        # Rank 0 still evaluates and writes after the others are done: leave the group together.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
