@@ -2,33 +2,48 @@
 
 For one backbone, resolution and batch, measured in one run on one device:
 
-(a) the practical bound: the backbone's forward + backward + SGD step on
-    pre-made views (both views of every image, already normalised and on
-    the device), at the training precision and memory format;
-(b) each method's full training step, exactly as the training loop runs it
+(a) each method's bound: the backbone alone making exactly the backbone
+    calls the method's step makes, recorded by hooks during one probe step
+    (the same batch sizes, with backward or forward-only: SimCLR one call
+    on both views with backward; MoCo v2 its query view with backward and
+    its key view forward-only, each in shuffle-BN groups; the centre
+    predictor a third, clean view), on views made beforehand (augmented,
+    normalised, on the device), plus an SGD step, at the training precision
+    and memory format. Per-image speed depends on the call's batch size,
+    so the sizes are kept;
+(b) the method's full training step, exactly as the training loop runs it
     (``Trainer.loss`` and ``Trainer.optimise``): uint8 images to the device,
     augmentation, heads, losses, queue / memory-bank / EMA updates.
 
-Rates are training images per second (an image brings its views); the ratio
-(b)/(a) is what the method keeps of the bound. Peak memory: CUDA's
-max_memory_allocated per row, or on the CPU the process's peak RSS so far
-(it only grows, so later rows carry earlier ones' peak). The data are
-random uint8 images: speed does not depend on content. Each method uses
-its CIFAR-10-subset preset's options (``configs/cifar10_subset_METHOD.yaml``)
-where one exists. Prints a table and appends it to BENCHMARKS.md.
+(a) and (b) alternate in ``--rounds`` rounds, so a drift in the machine's
+speed hits both; the ratio (b)/(a) is the median of the rounds' ratios, the
+rates are medians too. Rates are training images per second (an image
+brings its views). Every warm-up option (``*warmup_epochs``) is set to 0:
+the steady-state step, with clusters, prototypes and partners in play.
+Peak memory: CUDA's max_memory_allocated during the rounds, or on the CPU
+the process's peak RSS so far (it only grows, so later rows carry earlier
+ones' peak). The data are random uint8 images: speed does not depend on
+content. Each method uses its CIFAR-10-subset preset's options
+(``configs/cifar10_subset_METHOD.yaml``) where one exists. Prints a table
+and appends it to BENCHMARKS.md.
 
-    python benchmarks/throughput.py --backbone resnet18 --width 0.25 --size 32 --batch 256 --steps 5
-    python benchmarks/throughput.py --device cuda --backbone resnet50 --width 1 --size 224 --batch 256 --steps 30
+    python benchmarks/throughput.py --backbone resnet18 --width 0.25 --size 32 --batch 256 --methods simclr moco_v2
+    python benchmarks/throughput.py --device cuda --backbone resnet50 --width 1 --size 224 --batch 256 --steps 10
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import itertools
 import resource
 import shlex
+import statistics
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -39,6 +54,7 @@ from clusterclr.config import build_config, read_yaml
 from clusterclr.data.base import ImageDataset
 from clusterclr.data.splits import DataSplits
 from clusterclr.methods.base import DataInfo
+from clusterclr.models.backbones import ResNet
 from clusterclr.train import Trainer
 
 from machine import machine  # benchmarks/ is on the path when a script here runs
@@ -63,10 +79,7 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def timed(step, steps: int, warmup: int, device: torch.device) -> float:
-    """Seconds per step, over ``steps`` steps after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        step()
+def seconds_per_step(step: Callable[[], None], steps: int, device: torch.device) -> float:
     synchronise(device)
     start = time.perf_counter()
     for _ in range(steps):
@@ -80,13 +93,14 @@ def build_trainer(args: argparse.Namespace, method: str, images: torch.Tensor) -
     tree = read_yaml(preset) if preset.exists() else {}
     tree = {"method": tree.get("method", {"name": method}), "positives": tree.get("positives")}
     tree = {key: value for key, value in tree.items() if value is not None}
+    for section in tree.values():
+        # The steady-state step: clustering, prototypes and partners in play from the first step, as after warm-up.
+        section.update({key: 0 for key in section if key.endswith("warmup_epochs")})
     overrides = [
         f"model.backbone={args.backbone}", f"model.width={args.width}", f"optim.batch_size={args.batch}",
         f"train.device={args.device}", f"train.precision={args.precision}", f"train.channels_last={args.channels_last}",
         f"train.compile={args.compile}", "train.progress=false", "train.epochs=1000",
     ]
-    if method.startswith("sepp_"):
-        overrides.append("positives.warmup_epochs=0")  # measured with partners in the batch, as after warm-up
     config = build_config(tree, overrides=overrides)
     dataset = ImageDataset(images, torch.arange(len(images)) % 10)
     data = DataInfo(len(images), 10, 3, (args.size, args.size))
@@ -96,49 +110,109 @@ def build_trainer(args: argparse.Namespace, method: str, images: torch.Tensor) -
     return Trainer(parts, run_dir=Path("unused"))
 
 
-def method_rate(args: argparse.Namespace, method: str, images: torch.Tensor) -> tuple[float, float]:
-    trainer = build_trainer(args, method, images)
-    device = trainer.parts.device
+def method_step(trainer: Trainer, images: torch.Tensor) -> Callable[[], None]:
+    """One training step on the next batch of ``images``, as the training loop makes it."""
     trainer.method.train()
     trainer.method.on_epoch_start(0, trainer.training_images)  # k-means, mining: untimed, as between epochs
     torch.manual_seed(1)
     order = trainer.method.epoch_order()
-    count = iter(range(10**9))
+    batch = trainer.config.optim.batch_size
+    count = itertools.count()
 
     def step() -> None:
         i = next(count) % trainer.steps_per_epoch
-        indices = order[i * args.batch : (i + 1) * args.batch]
+        indices = order[i * batch : (i + 1) * batch]
         trainer.optimise(trainer.loss(images[indices], indices), i)
 
-    reset_peak(device)
-    seconds = timed(step, args.steps, args.warmup, device)
-    return args.batch / seconds, peak_memory_mb(device)
+    return step
 
 
-def bound_rate(args: argparse.Namespace, images: torch.Tensor) -> tuple[float, float]:
-    """(a): the backbone alone, on both views of every image, made beforehand."""
-    trainer = build_trainer(args, "simclr", images)
-    device, backbone = trainer.parts.device, trainer.method.backbone
-    views = trainer.parts.views(images[: args.batch].to(device), 2)
-    x = torch.cat(views)
-    if args.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+def backbone_calls(method: torch.nn.Module, step: Callable[[], None]) -> list[tuple[int, bool]]:
+    """The backbone calls (online or momentum copy) of one ``step``, in order: (images, with backward)."""
+    calls = []
+
+    def record(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        calls.append((len(inputs[0]), output.requires_grad))
+
+    hooks = [module.register_forward_hook(record) for module in method.modules() if isinstance(module, ResNet)]
+    try:
+        step()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return calls
+
+
+def bound_step(trainer: Trainer, images: torch.Tensor, calls: list[tuple[int, bool]], channels_last: bool) -> Callable[[], None]:
+    """The backbone alone making ``calls`` on views made beforehand, then an SGD step.
+
+    Same call sizes as the method's, since per-image speed depends on the
+    batch a call sees. A copy of the backbone: the method's own stays untouched.
+    """
+    device = trainer.parts.device
+    backbone = copy.deepcopy(trainer.method.backbone).train()
+    batch = trainer.config.optim.batch_size
+    largest = max(size for size, _ in calls)
+    views = torch.cat(trainer.parts.views(images[:batch].to(device), -(-largest // batch)))
+    if channels_last:
+        views = views.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(backbone.parameters(), lr=0.01, momentum=0.9)
     dtype = trainer.parts.autocast_dtype
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     def step() -> None:
+        loss = torch.zeros((), device=device)
         with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
-            loss = backbone(x).float().square().mean()
+            for size, with_backward in calls:
+                with nullcontext() if with_backward else torch.no_grad():
+                    out = backbone(views[:size])
+                if with_backward:
+                    loss = loss + out.float().square().mean()
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
 
-    backbone.train()
+    return step
+
+
+@dataclass
+class Row:
+    method: str
+    calls: list[tuple[int, bool]]
+    rate: float
+    bound: float
+    ratio: float
+    memory_mb: float
+
+    def markdown(self) -> str:
+        def sizes(with_backward: bool) -> str:
+            return ", ".join(str(size) for size, backward in self.calls if backward == with_backward) or "–"
+
+        return (
+            f"| {self.method} | {sizes(True)} | {sizes(False)} | {self.rate:.0f} | {self.bound:.0f} "
+            f"| {self.ratio:.2f} | {self.memory_mb:.0f} |"
+        )
+
+
+def measure(args: argparse.Namespace, method: str, images: torch.Tensor) -> Row:
+    """The method's step against its bound, alternating ``args.rounds`` times."""
+    trainer = build_trainer(args, method, images)
+    device = trainer.parts.device
+    step = method_step(trainer, images)
+    calls = backbone_calls(trainer.method, step)
+    bound = bound_step(trainer, images, calls, args.channels_last)
+    for _ in range(args.warmup):
+        step()
+        bound()
     reset_peak(device)
-    seconds = timed(step, args.steps, args.warmup, device)
-    return args.batch / seconds, peak_memory_mb(device)
+    bound_seconds, method_seconds = [], []
+    for _ in range(args.rounds):
+        bound_seconds.append(seconds_per_step(bound, args.steps, device))
+        method_seconds.append(seconds_per_step(step, args.steps, device))
+    ratio = statistics.median(b / m for b, m in zip(bound_seconds, method_seconds))
+    rate, bound_rate = (args.batch / statistics.median(seconds) for seconds in (method_seconds, bound_seconds))
+    return Row(method, calls, rate, bound_rate, ratio, peak_memory_mb(device))
 
 
 def main() -> int:
@@ -148,8 +222,9 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per row")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per round, for the method and for its bound")
+    parser.add_argument("--rounds", type=int, default=10, help="alternations of bound and method; the ratio is their median")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps of each before the rounds")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--channels-last", default=True, action=argparse.BooleanOptionalAction)
@@ -161,18 +236,17 @@ def main() -> int:
         parser.error(f"--images must be at least twice --batch ({2 * args.batch})")
 
     images = torch.randint(0, 256, (args.images, 3, args.size, args.size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    bound, bound_memory = bound_rate(args, images)
-    print(f"backbone bound: {bound:.0f} img/s", file=sys.stderr)
-    rows = [("backbone alone (bound)", bound, bound_memory)]
+    rows = []
     for method in args.methods:
-        rate, memory = method_rate(args, method, images)
-        rows.append((method, rate, memory))
-        print(f"{method}: {rate:.0f} img/s, {rate / bound:.2f} of the bound", file=sys.stderr)
+        rows.append(measure(args, method, images))
+        print(f"{method}: {rows[-1].rate:.0f} img/s, {rows[-1].ratio:.2f} of its bound", file=sys.stderr)
     device = select_device(args.device)
     memory_label = "peak CUDA memory (MiB)" if device.type == "cuda" else "peak RSS so far (MiB)"
-    lines = [f"| step | images/s | of bound | {memory_label} |", "|---|---|---|---|"]
-    lines += [f"| {name} | {rate:.0f} | {rate / bound:.2f} | {memory:.0f} |" for name, rate, memory in rows]
-    table = "\n".join(lines)
+    lines = [
+        f"| method | backbone calls with backward (images) | forward-only calls | images/s | bound images/s | of bound | {memory_label} |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    table = "\n".join(lines + [row.markdown() for row in rows])
     print(table)
     precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + scaler"}[select_precision(args.precision, device)]
     command = "python benchmarks/throughput.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -182,7 +256,7 @@ def main() -> int:
             f"- command: `{command}`\n"
             f"- setting: {args.backbone} ×{args.width}, {args.size} px, batch {args.batch}, {precision}, "
             f"{'channels-last' if args.channels_last else 'default layout'}{', torch.compile' if args.compile else ''}, "
-            f"{args.steps} timed steps after {args.warmup} warm-up, on {device}\n"
+            f"{args.rounds} rounds of {args.steps} timed steps each way after {args.warmup} warm-up, on {device}\n"
             f"- machine: {machine()}\n\n{table}\n"
         )
     return 0

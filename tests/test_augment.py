@@ -74,3 +74,20 @@ def test_shift_hue_is_kornias_hue_adjustment():
     radians = (torch.rand(64, generator=generator) * 2 - 1) * math.pi
     torch.testing.assert_close(shift_hue(images, radians), adjust_hue(images, radians), rtol=0, atol=2e-5)
     assert not torch.allclose(shift_hue(images[16:], radians[16:]), images[16:], atol=1e-2)
+
+
+@pytest.mark.parametrize("size, scale", [(32, (0.2, 1.0)), (12, (0.001, 0.01)), (96, (0.08, 1.0))])
+def test_batched_crop_gives_kornias_pixels(size, scale):
+    """The batched resize reproduces kornia's per-image slice-mode crop from the same parameters, one-pixel boxes included."""
+    import kornia.augmentation as K
+
+    from clusterclr.augment import BatchedResizedCrop, resized_crop
+
+    torch.manual_seed(0)
+    images = torch.rand(64, 3, size + 5, size + 3)
+    kornias = K.RandomResizedCrop((size, size), scale=scale, ratio=(0.5, 2.0))
+    params = kornias.forward_parameters(images.shape)
+    expected = kornias(images, params=params)
+    torch.testing.assert_close(resized_crop(images, params["src"], (size, size)), expected, rtol=0, atol=1e-6)
+    ours = BatchedResizedCrop((size, size), scale=scale, ratio=(0.5, 2.0))
+    torch.testing.assert_close(ours(images, params=params), expected, rtol=0, atol=1e-6)

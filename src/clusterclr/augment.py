@@ -68,9 +68,7 @@ class ViewMaker(nn.Module):
     ) -> None:
         super().__init__()
         self.recipe = recipe
-        ops: list[nn.Module] = [
-            K.RandomResizedCrop(image_size, scale=recipe.crop_scale, ratio=recipe.crop_ratio),
-        ]
+        ops: list[nn.Module] = [BatchedResizedCrop(image_size, scale=recipe.crop_scale, ratio=recipe.crop_ratio)]
         if recipe.flip_prob > 0:
             ops.append(K.RandomHorizontalFlip(p=recipe.flip_prob))
         colour = channels == 3
@@ -126,6 +124,61 @@ class ViewMaker(nn.Module):
         """``num_views`` independent augmented views of ``images``."""
         x = self._to_unit(images)
         return [self._normalise(self.augment(x).clamp_(0.0, 1.0)) for _ in range(num_views)]
+
+
+class BatchedResizedCrop(K.RandomResizedCrop):
+    """kornia's RandomResizedCrop (its parameters, its pixels) with every crop resized in one batched gather.
+
+    kornia resizes each image's crop with its own ``interpolate`` call. For
+    small images that per-image loop is most of the crop's time: 4.7 ms
+    against 1.5 ms for 256 images of 32 px on 2 CPU threads; on a GPU it is
+    one small kernel launch per image (not measured here). Large images on a
+    CPU keep kornia's loop, whose per-image kernel is the faster one there
+    (96 px: 14 ms against 15 to 50 ms).
+    """
+
+    def __init__(self, size: tuple[int, int], scale: tuple[float, float], ratio: tuple[float, float]) -> None:
+        # resized_crop reproduces exactly this mode: integer box, bilinear, corner-aligned.
+        super().__init__(size, scale=scale, ratio=ratio, resample="bilinear", align_corners=True, cropping_mode="slice")
+
+    def apply_transform(self, input, params, flags, transform=None):
+        if input.device.type == "cpu" and input.shape[-2] * input.shape[-1] > 64 * 64:
+            return super().apply_transform(input, params, flags, transform)
+        return resized_crop(input, params["src"], flags["size"])
+
+
+def resized_crop(images: torch.Tensor, corners: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Each image's box, resized to ``size`` by bilinear interpolation with corners aligned.
+
+    ``corners`` are kornia's N×4×2 (x, y) box corners (top-left, top-right,
+    bottom-right, bottom-left), truncated to whole pixels and inclusive, as
+    kornia's slice mode reads them. Rows are interpolated first, then columns.
+    """
+    n, c, _, width = images.shape
+    box = corners.to(images.device).long()
+    x0, y0 = box[:, 0, 0], box[:, 0, 1]
+    top, bottom, down = _interpolation_taps(y0, box[:, 3, 1] + 1 - y0, size[0])
+    left, right, across = _interpolation_taps(x0, box[:, 1, 0] + 1 - x0, size[1])
+
+    def rows(index: torch.Tensor) -> torch.Tensor:
+        return images.gather(2, index[:, None, :, None].expand(n, c, size[0], width))
+
+    resized_rows = torch.lerp(rows(top), rows(bottom), down[:, None, :, None].to(images.dtype))
+
+    def columns(index: torch.Tensor) -> torch.Tensor:
+        return resized_rows.gather(3, index[:, None, None, :].expand(n, c, *size))
+
+    return torch.lerp(columns(left), columns(right), across[:, None, None, :].to(images.dtype))
+
+
+def _interpolation_taps(start: torch.Tensor, length: torch.Tensor, out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For ``out`` samples spread corner to corner over pixels start..start+length-1 of each image:
+    the pixel below and above every sample and the weight of the one above (N×out each)."""
+    # PyTorch's corner-aligned source coordinate, computed the same way so the result matches interpolate's.
+    position = ((length - 1).float() / max(out - 1, 1))[:, None] * torch.arange(out, device=start.device, dtype=torch.float32)
+    below = position.long()
+    above = torch.minimum(below + 1, (length - 1)[:, None])
+    return start[:, None] + below, start[:, None] + above, position - below
 
 
 def shift_hue(images: torch.Tensor, radians: torch.Tensor) -> torch.Tensor:

@@ -26,9 +26,12 @@ class MomentumEncoder(nn.Module):
 
     @torch.no_grad()
     def update(self, *online: nn.Module, momentum: float) -> None:
-        sources = [p for module in online for p in module.parameters()]
-        for target, source in zip(self.network.parameters(), sources, strict=True):
-            target.mul_(momentum).add_(source.detach(), alpha=1.0 - momentum)
+        targets = list(self.network.parameters())
+        sources = [p.detach() for module in online for p in module.parameters()]
+        if len(sources) != len(targets):
+            raise ValueError(f"the momentum copy has {len(targets)} parameters, the online modules {len(sources)}")
+        # One fused call for every parameter: θ_k + (1 − m)(θ_q − θ_k) = m·θ_k + (1 − m)·θ_q.
+        torch._foreach_lerp_(targets, sources, 1.0 - momentum)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
