@@ -233,6 +233,12 @@ def test_uneven_batch_split_is_refused(monkeypatch):
         distributed.check_batch(256)
 
 
+def test_sync_batch_norm_on_cpu_processes_is_refused(monkeypatch):
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(UserError, match="train.sync_batch_norm needs CUDA devices"):
+        distributed.wrap(nn.BatchNorm2d(3), torch.device("cpu"), sync_batch_norm=True, idle_parameters=False)
+
+
 # Batch norm in training mode here: between the epochs' averaging each rank's running statistics follow
 # its own slices, and a mid-epoch checkpoint must carry every rank's (rank 0's alone resumes inexactly).
 RESUMED = [
