@@ -65,6 +65,28 @@ def test_centres_get_no_weight_decay_and_every_loss_reaches_them():
         assert projector_grad is None or projector_grad.abs().sum() == 0
 
 
+def test_balance_term_adds_its_weighted_marginal_entropy_gap_and_reaches_the_centres():
+    from clusterclr.losses.cluster_contrast import marginal_entropy_gap
+
+    parts = build_parts(build_config(flags={"method.name": "center_predictor"}, overrides=TINY))
+    method = parts.method
+    method.on_epoch_start(0, training_images(parts))
+    images = parts.splits.train.images[:32]
+    torch.manual_seed(0)
+    batch = Batch(parts.views(images, 2), torch.arange(32), parts.views.clean(images))
+    off = method.training_step(batch)
+    q_clean = method.centres(method.backbone(batch.clean))
+    assert off.logs["balance"] == pytest.approx(marginal_entropy_gap(q_clean).item(), abs=1e-6)
+    method.options = method.options.model_copy(update={"balance_weight": 2.0})
+    on = method.training_step(batch)
+    assert on.loss.item() == pytest.approx(off.loss.item() + 2.0 * off.logs["balance"].item(), abs=1e-5)
+    # Alone, the term moves the centres (towards an even use of the clusters).
+    method.options = method.options.model_copy(update={"instance_weight": 0.0, "cluster_weight": 0.0, "anchor_weight": 0.0})
+    method.zero_grad()
+    method.training_step(batch).loss.backward()
+    assert method.centres.centres.grad.abs().sum() > 0
+
+
 def test_cc_cluster_loss_trains_the_backbone_through_the_head():
     parts = build_parts(build_config(flags={"method.name": "cc"}, overrides=TINY + ["method.cluster_hidden_dim=16"]))
     method = parts.method

@@ -36,7 +36,7 @@ METHODS = {
     "simclr": [],
     "moco_v2": ["method.queue_size=32"],
     "cc": ["method.cluster_hidden_dim=16", "method.clusters=4"],
-    "center_predictor": ["method.clusters=4"],
+    "center_predictor": ["method.clusters=4", "method.balance_weight=0.5"],
     "sepp_simclr": [],
     "sepp_moco_v2": ["method.queue_size=32"],
     "sepp_simsiam": ["method.predictor_hidden_dim=8"],

@@ -5,6 +5,11 @@ cluster centres on the backbone features h: a clustering loss KL(P‖Q) that
 sharpens the clean view's assignments, and an anchor loss that pulls each
 augmented view's assignment towards the clean view's.
 
+``balance_weight`` (λ, 0 in the paper) adds CC's guard against empty
+clusters, λ·(log K − H(P)), with P the clean views' cluster marginal over
+the global batch: the anchor loss alone lets clusters empty (see
+BENCHMARKS.md).
+
 The paper sets the centres by k-means on the untrained backbone's features.
 ``cluster_warmup_epochs`` delays that (and the two cluster losses) until the
 instance loss has shaped the features: centres fitted to random features
@@ -20,6 +25,7 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Pos
 
 from clusterclr import distributed
 from clusterclr.clustering.kmeans import kmeans
+from clusterclr.losses.cluster_contrast import marginal_entropy_gap
 from clusterclr.losses.dec import anchor_loss, clustering_loss
 from clusterclr.methods.base import (
     Batch,
@@ -50,11 +56,12 @@ class CenterPredictorOptions(MethodOptions):
     anchor_weight: NonNegativeFloat = 1.0  # γ
     init_kmeans_restarts: PositiveInt = 5
     cluster_warmup_epochs: NonNegativeInt = 0  # instance-only epochs before the centres are set (paper: 0)
+    balance_weight: NonNegativeFloat = 0.0  # λ on log K − H(cluster marginal); not in the paper
 
     @model_validator(mode="after")
     def _some_loss(self) -> CenterPredictorOptions:
-        if self.instance_weight == self.cluster_weight == self.anchor_weight == 0:
-            raise ValueError("instance_weight, cluster_weight and anchor_weight are all 0: nothing to train")
+        if self.instance_weight == self.cluster_weight == self.anchor_weight == self.balance_weight == 0:
+            raise ValueError("instance_weight, cluster_weight, anchor_weight and balance_weight are all 0: nothing to train")
         return self
 
 
@@ -101,12 +108,15 @@ class CenterPredictor(Method):
         # DEC's target divides by each cluster's soft frequency over the global batch.
         clustering = clustering_loss(q_clean, distributed.all_sum(q_clean.detach().float().sum(0)))
         anchor = anchor_loss(q_clean, list(self.centres(augmented).chunk(len(batch.views))))
-        loss = o.instance_weight * instance + o.cluster_weight * clustering + o.anchor_weight * anchor
+        # Logged whatever its weight: 0 when the batch's images spread evenly over the clusters.
+        balance = marginal_entropy_gap(distributed.gather(q_clean))
+        loss = o.instance_weight * instance + o.cluster_weight * clustering + o.anchor_weight * anchor + o.balance_weight * balance
         return StepOutput(loss, {
             "loss": loss.detach(),
             "instance": instance.detach(),
             "clustering": clustering.detach(),
             "anchor": anchor.detach(),
+            "balance": balance.detach(),
             "clusters_used": clusters_used(q_clean),
             "output_std": normalised_std(z),
         })
