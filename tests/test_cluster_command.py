@@ -3,6 +3,7 @@
 import csv
 import hashlib
 import io
+import json
 import os
 from html.parser import HTMLParser
 from pathlib import Path
@@ -161,3 +162,34 @@ def test_bad_input_is_a_one_line_error_before_any_work(arguments, message, clust
     assert err.count("clusterclr: error:") == 1 and message in err, err
     assert not (folder / "sorted").exists() and not (folder / "run").exists()
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+
+
+def test_an_interrupted_cluster_run_is_finished_by_resume(clustered, tmp_path, monkeypatch, capsys):
+    from test_faults import signal_at_step
+
+    folder, names, _, _, _ = clustered
+    run = tmp_path / "run"
+    signal_at_step(monkeypatch, 3, times=1)  # two steps an epoch: the first step of epoch 2
+    arguments = ["cluster", str(folder), "--clusters", "3", "--epochs", "2", "--out", str(run), "--set", *FAST, "train.progress=false"]
+    assert main(arguments) == 130
+    assert f"continue with: clusterclr cluster --resume {run}" in capsys.readouterr().err
+    assert not (run / "clusters.csv").exists()
+    stopped_at = torch.load(run / CHECKPOINT, weights_only=True)["mid_epoch"]["step"]
+    monkeypatch.undo()
+
+    assert main(["cluster", "--resume", str(run), "--clusters", "3"]) == 2
+    assert "drop --clusters" in capsys.readouterr().err
+    assert main(["cluster", "--resume", str(run), "--copy-to", str(tmp_path / "copies")]) == 0
+    assert sorted(Path(row["path"]).name for row in _read_csv(run / "clusters.csv")) == sorted(names)
+    assert len(list((tmp_path / "copies").glob("cluster_*/*"))) == IMAGES
+    # Training went on from the mid-epoch checkpoint to the last epoch.
+    assert stopped_at == 1
+    epochs = [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "epoch"]
+    assert epochs == [1, 2]
+
+
+def test_resume_refuses_a_run_that_cluster_did_not_make(tmp_path, capsys):
+    run = tmp_path / "digits"
+    assert main(["train", "--out", str(run), "--set", "train.epochs=1", *FAST[:1], "train.progress=false", "train.report=false"]) == 0
+    assert main(["cluster", "--resume", str(run)]) == 2
+    assert f"continue it with: clusterclr train --resume {run}" in capsys.readouterr().err

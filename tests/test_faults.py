@@ -154,9 +154,9 @@ def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_a_second_one_aborts(t
     run = tmp_path / "run"
     # Not necessarily the default handler: a shell's background job starts with SIGINT ignored.
     handler_before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(Interrupted, match=r"stopped by SIGINT at epoch 1, step 3 of 11; .*--resume") as stopped:
+    with pytest.raises(Interrupted, match=r"stopped by SIGINT at epoch 1, step 3 of 11; checkpoint written to") as stopped:
         start_run(tiny(1), run)
-    assert stopped.value.exit_status == 130
+    assert stopped.value.exit_status == 130 and stopped.value.run_dir == run
     assert load_checkpoint(run / CHECKPOINT)["mid_epoch"]["step"] == 3
     assert signal.getsignal(signal.SIGINT) is handler_before  # handlers last only while training
 

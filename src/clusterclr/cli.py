@@ -268,30 +268,42 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _cluster(args: argparse.Namespace) -> int:
-    from clusterclr.cluster_folder import ClusterRequest, cluster_folder
+    from clusterclr.cluster_folder import ClusterRequest, cluster_folder, resume_cluster_folder
 
-    folder = Path(args.folder)
-    out = Path(args.out) if args.out else RUNS / f"cluster-{folder.absolute().name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    request = ClusterRequest(
-        folder=folder,
-        clusters=args.clusters,
-        out=out,
-        method=args.method,
-        init=Path(args.init) if args.init else None,
-        epochs=args.epochs,
-        copy_to=Path(args.copy_to) if args.copy_to else None,
-        config_file=args.config,
-        seed=args.seed,
-        overrides=args.overrides,
-    )
-    print(f"clustering {folder} into {args.clusters} clusters -> {out}", file=sys.stderr)
-    result = cluster_folder(request)
+    copy_to = Path(args.copy_to) if args.copy_to else None
+    if args.resume:
+        given = [flag for flag, value in (("FOLDER", args.folder), ("--clusters", args.clusters), ("--method", args.method),
+                 ("--init", args.init), ("--epochs", args.epochs), ("--out", args.out), ("--config", args.config),
+                 ("--seed", args.seed), ("--set", args.overrides)) if value]
+        if given:
+            raise UserError(f"--resume finishes a cluster run with its saved settings; drop {', '.join(given)} (only --copy-to may be added)")
+        print(f"finishing the cluster run in {args.resume}", file=sys.stderr)
+        result = resume_cluster_folder(Path(args.resume), copy_to)
+    else:
+        if args.folder is None or args.clusters is None:
+            raise UserError("give the image FOLDER and --clusters K (or --resume RUN_DIR to finish an interrupted run)")
+        folder = Path(args.folder)
+        out = Path(args.out) if args.out else RUNS / f"cluster-{folder.absolute().name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        request = ClusterRequest(
+            folder=folder,
+            clusters=args.clusters,
+            out=out,
+            method=args.method,
+            init=Path(args.init) if args.init else None,
+            epochs=args.epochs,
+            copy_to=copy_to,
+            config_file=args.config,
+            seed=args.seed,
+            overrides=args.overrides,
+        )
+        print(f"clustering {folder} into {args.clusters} clusters -> {out}", file=sys.stderr)
+        result = cluster_folder(request)
     sizes = result.assignments.sizes()
     print(f"{len(result.paths)} images in {len(sizes)} clusters by {result.assignments.by}; sizes: {' '.join(map(str, sizes))}")
     print(f"clusters: {result.csv}")
     print(f"report: {result.report}")
-    if request.copy_to is not None:
-        print(f"copies: {request.copy_to}/cluster_*/")
+    if copy_to is not None:
+        print(f"copies: {copy_to}/cluster_*/")
     return 0
 
 
@@ -418,8 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     cluster = commands.add_parser(
         "cluster", help="learn from a folder of images and group them: clusters.csv, embeddings, report"
     )
-    cluster.add_argument("folder", help="folder of images (flat, or one subfolder per class)")
-    cluster.add_argument("--clusters", type=int, required=True, metavar="K", help="number of clusters")
+    cluster.add_argument("folder", nargs="?", help="folder of images (flat, or one subfolder per class)")
+    cluster.add_argument("--clusters", type=int, metavar="K", help="number of clusters (required unless --resume)")
     cluster.add_argument("--method", help="registered method (default: simclr, with k-means on its features)")
     cluster.add_argument("--init", metavar="RUN_DIR", help="start from this run's trained backbone (fine-tune)")
     cluster.add_argument("--epochs", type=int, help="training epochs (default: 100; 0 clusters --init's features as they are)")
@@ -429,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--seed", type=int, help="random seed")
     cluster.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                          help="override any config key, e.g. --set data.image_size=96 optim.batch_size=128")
+    cluster.add_argument("--resume", metavar="RUN_DIR",
+                         help="finish an interrupted cluster run: continue its training, then write its clusters (only --copy-to may be added)")
     cluster.set_defaults(handler=_cluster)
 
     assign = commands.add_parser("assign", help="assign new images to a run's clusters (CSV: path,cluster,confidence)")
@@ -447,6 +461,11 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"clusterclr: warning: {message}", file=sys.stderr)
 
 
+def _resumable(args: argparse.Namespace) -> str:
+    """The command that continues an interrupted run of ``args``: ``cluster`` runs finish with their clusters."""
+    return "cluster" if args.command == "cluster" else "train"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
@@ -463,11 +482,11 @@ def main(argv: list[str] | None = None) -> int:
         from clusterclr import distributed
 
         if distributed.is_main():  # every process of a torchrun run stops at the same step; one says so
-            print(f"clusterclr: {err}", file=sys.stderr)
+            print(f"clusterclr: {err}; continue with: clusterclr {_resumable(args)} --resume {err.run_dir}", file=sys.stderr)
         return err.exit_status
     except KeyboardInterrupt:
         print(
-            "\nclusterclr: aborted; a training run continues from its last checkpoint with `clusterclr train --resume RUN_DIR`",
+            f"\nclusterclr: aborted; a training run continues from its last checkpoint with `clusterclr {_resumable(args)} --resume RUN_DIR`",
             file=sys.stderr,
         )
         return 130

@@ -35,7 +35,7 @@ from clusterclr.methods.registry import get_method
 from clusterclr.report.content import ReportContent
 from clusterclr.report.write import write_report
 from clusterclr.runlog import read_log
-from clusterclr.train import start_run
+from clusterclr.train import resume_run, start_run
 
 DEFAULT_METHOD = "simclr"
 DEFAULT_EPOCHS = 100
@@ -55,6 +55,7 @@ class ClusterRequest:
     config_file: str | None = None
     seed: int | None = None
     overrides: list[str] = field(default_factory=list)
+    resumed: bool = False  # finishing an interrupted run in ``out``
 
 
 @dataclass(frozen=True)
@@ -89,13 +90,17 @@ def check_request(request: ClusterRequest) -> int:
         raise UserError(f"--epochs must be 0 or more, got {request.epochs}")
     if _inside(request.out, folder):
         raise UserError(f"--out {request.out} is inside the image folder {folder}; choose a folder outside it")
-    if request.copy_to is not None:
-        target = request.copy_to
-        if _inside(target, folder):
-            raise UserError(f"--copy-to {target} is inside the image folder {folder}; choose a folder outside it")
-        if target.exists() and (not target.is_dir() or any(target.iterdir())):
-            raise UserError(f"--copy-to {target} already exists and is not an empty folder; choose a new or empty one")
+    _check_copy_target(request.copy_to, folder)
     return found
+
+
+def _check_copy_target(target: Path | None, folder: Path) -> None:
+    if target is None:
+        return
+    if _inside(target, folder):
+        raise UserError(f"--copy-to {target} is inside the image folder {folder}; choose a folder outside it")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UserError(f"--copy-to {target} already exists and is not an empty folder; choose a new or empty one")
 
 
 def cluster_config(request: ClusterRequest, images: int) -> Config:
@@ -178,6 +183,25 @@ def cluster_folder(request: ClusterRequest) -> ClusterResult:
     found = check_request(request)
     config = cluster_config(request, found)
     start_run(config, request.out, init=request.init)
+    return _write_clusters(config, request)
+
+
+def resume_cluster_folder(run_dir: Path, copy_to: Path | None = None) -> ClusterResult:
+    """Finish a ``cluster`` run that stopped in training: continue it exactly, then write what ``cluster`` writes."""
+    config, _ = read_run(run_dir)
+    if config.data.dataset != "folder" or config.eval.clusters is None:
+        raise UserError(f"{run_dir} was not made by `clusterclr cluster`; continue it with: clusterclr train --resume {run_dir}")
+    folder = Path(config.data.root)
+    if not folder.is_dir():
+        raise UserError(f"the run's image folder is gone: {folder}")
+    _check_copy_target(copy_to, folder)
+    resume_run(run_dir)
+    request = ClusterRequest(folder=folder, clusters=config.eval.clusters, out=run_dir, copy_to=copy_to, resumed=True)
+    return _write_clusters(config, request)
+
+
+def _write_clusters(config: Config, request: ClusterRequest) -> ClusterResult:
+    """Cluster every image of the folder with the run's trained model: CSV, embeddings, report, optional copies."""
     model, epoch = load_model(request.out)
     # Every image of the folder, as training read it (a class-folder tree holds some out of training; not here).
     data = load_raw("folder", config.data.root, config.data.image_size, config.data.skip_bad).train
@@ -201,7 +225,7 @@ def cluster_folder(request: ClusterRequest) -> ClusterResult:
         settings={
             "folder": str(request.folder),
             "method": config.method.name,
-            "initial weights": str(request.init) if request.init else "none (trained from scratch)",
+            "initial weights": str(request.init) if request.init else "not recorded (resumed run)" if request.resumed else "none (trained from scratch)",
             "backbone": f"{config.model.backbone} ×{config.model.width:g}",
             "image size": "×".join(map(str, model.method.data.image_size)),
             "epochs": epoch,

@@ -357,9 +357,9 @@ class Trainer:
             self.save(progress)
         raise Interrupted(
             f"stopped by {signal.Signals(self.stop_signal).name} at {self._where(progress)}; "
-            f"checkpoint written to {self.run_dir / CHECKPOINT}; "
-            f"continue with: clusterclr train --resume {self.run_dir}",
+            f"checkpoint written to {self.run_dir / CHECKPOINT}",
             self.stop_signal,
+            self.run_dir,
         )
 
     def _finite_loss(self, loss: torch.Tensor, where: str, terms: dict[str, torch.Tensor] | None = None) -> float:
