@@ -274,7 +274,7 @@ def _cluster(args: argparse.Namespace) -> int:
     if args.resume:
         given = [flag for flag, value in (("FOLDER", args.folder), ("--clusters", args.clusters), ("--method", args.method),
                  ("--init", args.init), ("--epochs", args.epochs), ("--out", args.out), ("--config", args.config),
-                 ("--seed", args.seed), ("--set", args.overrides)) if value]
+                 ("--seed", args.seed), ("--set", args.overrides)) if value not in (None, [])]
         if given:
             raise UserError(f"--resume finishes a cluster run with its saved settings; drop {', '.join(given)} (only --copy-to may be added)")
         print(f"finishing the cluster run in {args.resume}", file=sys.stderr)

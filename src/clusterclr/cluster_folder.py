@@ -211,6 +211,9 @@ def _write_clusters(config: Config, request: ClusterRequest) -> ClusterResult:
     features = clustered.embeddings.features.numpy().astype(np.float32)
     atomic_write(request.out / EMBEDDINGS, lambda f: np.save(f, features))
     csv = write_text(request.out / CSV, assignments_csv(paths, assignments))
+    initial_weights = str(request.init) if request.init else "none (trained from scratch)"
+    if request.resumed:
+        initial_weights = "not recorded (resumed run)"  # --init is not part of the saved config
     content = ReportContent(
         title=f"{request.clusters} clusters of {request.folder}",
         images_described=f"all {len(data)} images in {request.folder}",
@@ -225,7 +228,7 @@ def _write_clusters(config: Config, request: ClusterRequest) -> ClusterResult:
         settings={
             "folder": str(request.folder),
             "method": config.method.name,
-            "initial weights": str(request.init) if request.init else "not recorded (resumed run)" if request.resumed else "none (trained from scratch)",
+            "initial weights": initial_weights,
             "backbone": f"{config.model.backbone} ×{config.model.width:g}",
             "image size": "×".join(map(str, model.method.data.image_size)),
             "epochs": epoch,
