@@ -10,19 +10,17 @@ and appends it to BENCHMARKS.md with the command, date and machine.
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from datetime import date
 
 import torch
 
 from clusterclr.build import select_device
 from clusterclr.positives.semantic import mine_partners, partner_order
 
-from machine import machine  # benchmarks/ is on the path when a script here runs
+from machine import append_result  # benchmarks/ is on the path when a script here runs
 
 
 def seconds(work: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -62,16 +60,13 @@ def main() -> int:
     lines += [f"| {args.images:,} | {args.dim} | {k} | {m:.2f} | {o:.2f} |" for k, m, o in rows]
     table = "\n".join(lines)
     print(table)
-    command = "python benchmarks/mining.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    block = (
-        f"\n### SePP mining speed ({date.today().isoformat()})\n\n"
-        f"- command: `{command}`\n- setting: random Gaussian features on {device.type}, exact cosine top-k "
-        f"(`mine_partners`) and the partner-adjacent epoch order (`partner_order`), median of {args.repeats}\n"
-        f"- machine: {machine()}\n\n{table}\n"
+    append_result(
+        args.results,
+        "SePP mining speed",
+        f"random Gaussian features on {device.type}, exact cosine top-k (`mine_partners`) and the partner-adjacent "
+        f"epoch order (`partner_order`), median of {args.repeats}",
+        table,
     )
-    with open(args.results, "a", encoding="utf-8") as f:
-        f.write(block)
-    print(f"appended to {args.results}", file=sys.stderr)
     return 0
 
 

@@ -12,19 +12,17 @@ one run) and appends it to BENCHMARKS.md with the command, date and machine.
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
 import sys
 import time
 from contextlib import nullcontext
-from datetime import date
 
 import torch
 
 from clusterclr.build import select_device
 from clusterclr.models.backbones import build_backbone
 
-from machine import machine  # benchmarks/ is on the path when a script here runs
+from machine import append_result  # benchmarks/ is on the path when a script here runs
 
 
 def images_per_second(args: argparse.Namespace, device: torch.device, dtype: torch.dtype | None, channels_last: bool) -> float:
@@ -81,14 +79,13 @@ def main() -> int:
     lines += [f"| {p} | {layout} | {rate:.0f} | {rate / baseline:.2f}× |" for p, layout, rate in rows]
     table = "\n".join(lines)
     print(table)
-    command = "python benchmarks/precision.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    with open(args.results, "a", encoding="utf-8") as f:
-        f.write(
-            f"\n### Training-step throughput by precision ({date.today().isoformat()})\n\n"
-            f"- command: `{command}`\n"
-            f"- setting: {args.backbone} ×{args.width}, {args.size} px, batch {args.batch}, forward + backward + SGD step, "
-            f"median of {args.repeats} steps on {device.type}\n- machine: {machine()}\n\n{table}\n"
-        )
+    append_result(
+        args.results,
+        "Training-step throughput by precision",
+        f"{args.backbone} ×{args.width}, {args.size} px, batch {args.batch}, forward + backward + SGD step, "
+        f"median of {args.repeats} steps on {device.type}",
+        table,
+    )
     return 0
 
 

@@ -15,11 +15,9 @@ command, date and machine.
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 from clusterclr.build import resolve_clusters
@@ -29,7 +27,7 @@ from clusterclr.errors import UserError
 from clusterclr.evaluate.protocol import evaluate_features
 from clusterclr.runlog import read_log
 from clusterclr.train import start_run
-from machine import machine
+from machine import append_result
 
 COLUMNS = ("knn_acc", "kmeans_nmi", "kmeans_acc", "kmeans_ari")
 HEADERS = ("kNN", "NMI", "ACC", "ARI")
@@ -143,16 +141,13 @@ def run(args: argparse.Namespace) -> int:
     table = "\n".join(lines)
     print(table)
 
-    command = "python benchmarks/quality.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    block = (
-        f"\n### {Path(base).stem}: {', '.join(m for _, m in rows_to_train)} ({date.today().isoformat()})\n\n"
-        f"- command: `{command}`\n- setting: {parts_note} (the first preset's; each row trains with its own preset's "
-        f"method and optimiser); scores on {SCORED_ON[load_splits(config.data).eval_split]}\n"
-        f"- machine: {machine()}\n\n{table}\n"
+    append_result(
+        args.results,
+        f"{Path(base).stem}: {', '.join(m for _, m in rows_to_train)}",
+        f"{parts_note} (the first preset's; each row trains with its own preset's method and optimiser); "
+        f"scores on {SCORED_ON[load_splits(config.data).eval_split]}",
+        table,
     )
-    with open(args.results, "a", encoding="utf-8") as f:
-        f.write(block)
-    print(f"appended to {args.results}", file=sys.stderr)
     return 0
 
 

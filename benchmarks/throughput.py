@@ -37,14 +37,12 @@ import argparse
 import copy
 import itertools
 import resource
-import shlex
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 
 import torch
@@ -57,7 +55,7 @@ from clusterclr.methods.base import DataInfo
 from clusterclr.models.backbones import ResNet
 from clusterclr.train import Trainer
 
-from machine import machine  # benchmarks/ is on the path when a script here runs
+from machine import append_result  # benchmarks/ is on the path when a script here runs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_METHODS = ["simclr", "moco_v2", "simsiam", "byol", "cc", "center_predictor", "interclr", "pcl", "sepp_simclr", "sepp_moco_v2"]
@@ -249,16 +247,14 @@ def main() -> int:
     table = "\n".join(lines + [row.markdown() for row in rows])
     print(table)
     precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + scaler"}[select_precision(args.precision, device)]
-    command = "python benchmarks/throughput.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    with open(args.results, "a", encoding="utf-8") as f:
-        f.write(
-            f"\n### Training throughput against the backbone bound ({date.today().isoformat()})\n\n"
-            f"- command: `{command}`\n"
-            f"- setting: {args.backbone} ×{args.width}, {args.size} px, batch {args.batch}, {precision}, "
-            f"{'channels-last' if args.channels_last else 'default layout'}{', torch.compile' if args.compile else ''}, "
-            f"{args.rounds} rounds of {args.steps} timed steps each way after {args.warmup} warm-up, on {device}\n"
-            f"- machine: {machine()}\n\n{table}\n"
-        )
+    append_result(
+        args.results,
+        "Training throughput against the backbone bound",
+        f"{args.backbone} ×{args.width}, {args.size} px, batch {args.batch}, {precision}, "
+        f"{'channels-last' if args.channels_last else 'default layout'}{', torch.compile' if args.compile else ''}, "
+        f"{args.rounds} rounds of {args.steps} timed steps each way after {args.warmup} warm-up, on {device}",
+        table,
+    )
     return 0
 
 
