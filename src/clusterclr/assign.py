@@ -19,7 +19,7 @@ from tqdm import tqdm
 from clusterclr.build import load_model
 from clusterclr.clustering.assignments import ClusterAssignments, assign_to_clusters, load_centroids
 from clusterclr.data.base import ImageDataset
-from clusterclr.data.folder import EXTENSIONS, try_read
+from clusterclr.data.folder import EXTENSIONS, image_files, try_read
 from clusterclr.errors import UserError
 from clusterclr.evaluate.clusters import embed
 
@@ -33,10 +33,7 @@ def collect_images(items: list[str]) -> list[Path]:
     for item in items:
         path = Path(item).expanduser().absolute()
         if path.is_dir():
-            files = sorted(
-                p for p in path.rglob("*")
-                if p.suffix.lower() in EXTENSIONS and p.is_file() and not p.name.startswith(".")
-            )
+            files = image_files(path, recursive=True)
             if not files:
                 raise UserError(f"no image files ({' '.join(sorted(EXTENSIONS))}) in {path} or its subfolders")
             found.update(dict.fromkeys(files))

@@ -193,15 +193,10 @@ def backbone_state(method_state: dict[str, torch.Tensor], source: Path) -> dict[
 
 
 def _load_backbone(backbone: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    expected = backbone.state_dict()
-    different = [
-        f"{key}: {tuple(weights[key].shape) if key in weights else 'missing'} in the checkpoint, {tuple(value.shape)} here"
-        for key, value in expected.items()
-        if key not in weights or weights[key].shape != value.shape
-    ]
-    if different or set(weights) - set(expected):
+    problems = _state_differences(backbone.state_dict(), weights)
+    if problems:
         raise UserError(
-            f"the initial backbone does not fit the model built here ({'; '.join(different[:2]) or 'extra keys'}); "
+            f"the initial backbone does not fit the model built here ({'; '.join(problems)}); "
             "use the initial run's model.* settings and image channels"
         )
     backbone.load_state_dict(weights)
@@ -209,7 +204,17 @@ def _load_backbone(backbone: torch.nn.Module, weights: dict[str, torch.Tensor]) 
 
 def load_method_state(method: Method, state: dict[str, torch.Tensor]) -> None:
     """Load a checkpoint's weights into ``method``, or say which keys and shapes differ from it."""
-    expected = method.state_dict()
+    problems = _state_differences(method.state_dict(), state)
+    if problems:
+        raise UserError(
+            f"the checkpoint's weights do not match the {method.name} model its config builds: "
+            f"{'; '.join(problems)} (was it edited, or written by another version?)"
+        )
+    method.load_state_dict(state)
+
+
+def _state_differences(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> list[str]:
+    """The keys of a checkpoint's ``state`` missing, unexpected or reshaped against a model's, described (at most 3 each)."""
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
     reshaped = [
@@ -218,14 +223,8 @@ def load_method_state(method: Method, state: dict[str, torch.Tensor]) -> None:
         for key, value in state.items()
         if key in expected and not (isinstance(value, torch.Tensor) and value.shape == expected[key].shape)
     ]
-    problems = [
-        f"{what} {', '.join(keys[:3])}{f' (and {len(keys) - 3} more)' if len(keys) > 3 else ''}"
+    return [
+        f"{what} {', '.join(keys[:3])}{f' (and {len(keys) - 3} more)' if len(keys) > 3 else ''}".strip()
         for what, keys in (("missing", missing), ("unexpected", unexpected), ("", reshaped))
         if keys
     ]
-    if problems:
-        raise UserError(
-            f"the checkpoint's weights do not match the {method.name} model its config builds: "
-            f"{'; '.join(p.strip() for p in problems)} (was it edited, or written by another version?)"
-        )
-    method.load_state_dict(state)

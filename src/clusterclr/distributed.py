@@ -165,14 +165,18 @@ def _batch_norms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
 
 
+def _running_statistics(module: nn.Module) -> list[torch.Tensor]:
+    return [stat for m in _batch_norms(module) for stat in (m.running_mean, m.running_var, m.num_batches_tracked)]
+
+
 def batch_norm_statistics(module: nn.Module) -> list[torch.Tensor]:
     """This rank's running statistics, on the CPU: between epochs' averaging they differ by rank."""
-    return [stat.detach().cpu().clone() for m in _batch_norms(module) for stat in (m.running_mean, m.running_var, m.num_batches_tracked)]
+    return [stat.detach().cpu().clone() for stat in _running_statistics(module)]
 
 
 @torch.no_grad()
 def load_batch_norm_statistics(module: nn.Module, statistics: list[torch.Tensor]) -> None:
-    stats = [stat for m in _batch_norms(module) for stat in (m.running_mean, m.running_var, m.num_batches_tracked)]
+    stats = _running_statistics(module)
     if len(stats) != len(statistics):
         raise ValueError(f"{len(statistics)} batch-norm statistics for {len(stats)} buffers")
     for stat, saved in zip(stats, statistics):

@@ -73,8 +73,8 @@ def image_paths(root: Path) -> list[Path]:
 
 def _layout(root: Path) -> tuple[list[Path], dict[str, list[Path]]]:
     """(image files directly in root, {class folder name: its image files}); exactly one is non-empty."""
-    direct = _images(root, recursive=False)
-    classes = {d.name: files for d in sorted(_subdirs(root)) if (files := _images(d, recursive=True))}
+    direct = image_files(root, recursive=False)
+    classes = {d.name: files for d in sorted(_subdirs(root)) if (files := image_files(d, recursive=True))}
     if direct and classes:
         raise UserError(
             f"folder: {root} has image files both directly inside it and in subfolders "
@@ -90,7 +90,8 @@ def _subdirs(directory: Path) -> list[Path]:
     return [d for d in directory.iterdir() if d.is_dir() and not d.name.startswith(".")]
 
 
-def _images(directory: Path, recursive: bool) -> list[Path]:
+def image_files(directory: Path, recursive: bool) -> list[Path]:
+    """The image files in ``directory`` (and below it with ``recursive``), sorted; hidden files left out."""
     candidates = directory.rglob("*") if recursive else directory.iterdir()
     return sorted(
         p for p in candidates

@@ -95,7 +95,8 @@ class TrainingImages:
         if distributed.world_size() == 1:
             chunks = rows.split(self.batch_size)
         else:
-            chunks = rows.tensor_split(-(-(-(-len(self.images) // distributed.world_size())) // self.batch_size))
+            longest_shard = -(-len(self.images) // distributed.world_size())
+            chunks = rows.tensor_split(-(-longest_shard // self.batch_size))
         modes = [m.training for m in modules]
         saved = [{k: v.clone() for k, v in m.named_buffers()} for m in modules] if batch_statistics else []
         for m in modules:
