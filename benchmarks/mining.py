@@ -16,11 +16,10 @@ import time
 from collections.abc import Callable
 
 import torch
+from machine import append_result  # benchmarks/ is on the path when a script here runs
 
 from clusterclr.build import select_device
 from clusterclr.positives.semantic import mine_partners, partner_order
-
-from machine import append_result  # benchmarks/ is on the path when a script here runs
 
 
 def seconds(work: Callable[[], object], device: torch.device, repeats: int) -> float:

@@ -18,11 +18,10 @@ import time
 from contextlib import nullcontext
 
 import torch
+from machine import append_result  # benchmarks/ is on the path when a script here runs
 
 from clusterclr.build import select_device
 from clusterclr.models.backbones import build_backbone
-
-from machine import append_result  # benchmarks/ is on the path when a script here runs
 
 
 def images_per_second(args: argparse.Namespace, device: torch.device, dtype: torch.dtype | None, channels_last: bool) -> float:

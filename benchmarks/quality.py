@@ -20,14 +20,19 @@ import sys
 import time
 from pathlib import Path
 
-from clusterclr.build import resolve_clusters
-from clusterclr.config import build_config, read_yaml
+from machine import append_result
+
+import clusterclr
+from clusterclr.build import build_parts
+from clusterclr.config import read_yaml
+from clusterclr.configure import build_config
 from clusterclr.data.splits import load_splits
 from clusterclr.errors import UserError
-from clusterclr.evaluate.protocol import evaluate_features
+from clusterclr.evaluate.context import EvalContext
+from clusterclr.evaluate.features import Embeddings
+from clusterclr.evaluate.standard import evaluate_parts
+from clusterclr.rundir import RunDir
 from clusterclr.runlog import read_log
-from clusterclr.train import start_run
-from machine import append_result
 
 COLUMNS = ("knn_acc", "kmeans_nmi", "kmeans_acc", "kmeans_ari")
 HEADERS = ("kNN", "NMI", "ACC", "ARI")
@@ -38,19 +43,21 @@ SCORED_ON = {"test": "the test split", "holdout": "the held-out 20% of train (th
 
 
 def raw_pixels(config_file: str, overrides: list[str], seed: int) -> dict:
-    config = build_config(config_file, {"seed": seed}, overrides)
-    splits = load_splits(config.data)
+    parts = build_parts(build_config(config_file, {"seed": seed}, overrides))
+    splits = parts.splits
     if not splits.labelled:
         raise UserError(f"benchmarks score against labels, and data set '{splits.name}' has none")
-    flat = lambda d: d.images.flatten(1).float() / 255  # noqa: E731
-    clusters = resolve_clusters(config.eval.clusters, splits.num_classes, len(splits.bank), splits.name)
-    return evaluate_features(flat(splits.bank), splits.bank.labels, flat(splits.test), splits.test.labels, clusters, config.eval, seed)
+    # The standard evaluation, with the pixels in place of the features.
+    ctx = EvalContext.of(parts, progress=False)
+    for split, data in (("bank", splits.bank), ("test", splits.test)):
+        ctx.set_embeddings(split, Embeddings(data.images.flatten(1).float() / 255, None))
+    return evaluate_parts(parts, ctx)
 
 
 def random_backbone(config_file: str, overrides: list[str], seed: int, run_dir: Path) -> dict:
     # Last, so that no --set of the user's can turn the baseline into a trained model.
     config = build_config(config_file, {"seed": seed}, overrides + ["train.epochs=0", "train.report=false"])
-    return start_run(config, run_dir)
+    return clusterclr.train(config, out=run_dir).metrics
 
 
 def trained(config_file: str, overrides: list[str], method: str, seed: int, run_dir: Path) -> dict:
@@ -63,8 +70,8 @@ def trained(config_file: str, overrides: list[str], method: str, seed: int, run_
     if tree.get("method", {}).get("name") != method:
         tree["method"] = {"name": method}
     # No report: the wall-time column measures training and evaluation.
-    metrics = start_run(build_config(tree, {"seed": seed}, ["train.report=false", *overrides]), run_dir)
-    for record in read_log(run_dir):
+    metrics = clusterclr.train(build_config(tree, {"seed": seed}, ["train.report=false", *overrides]), out=run_dir).metrics
+    for record in read_log(RunDir(run_dir).log):
         if record["kind"] == "method" and record.get("pair_precision") is not None:
             metrics["pair_precision"] = record["pair_precision"]
     return metrics

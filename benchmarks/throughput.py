@@ -46,16 +46,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from machine import append_result  # benchmarks/ is on the path when a script here runs
 
 from clusterclr.build import Parts, build_model, select_device, select_precision
-from clusterclr.config import build_config, read_yaml
+from clusterclr.config import read_yaml
+from clusterclr.configure import build_config
 from clusterclr.data.base import ImageDataset
 from clusterclr.data.splits import DataSplits
 from clusterclr.methods.base import DataInfo
 from clusterclr.models.backbones import ResNet
-from clusterclr.train import Trainer
-
-from machine import append_result  # benchmarks/ is on the path when a script here runs
+from clusterclr.rundir import RunDir
+from clusterclr.training.loop import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_METHODS = ["simclr", "moco_v2", "simsiam", "byol", "cc", "center_predictor", "interclr", "pcl", "sepp_simclr", "sepp_moco_v2"]
@@ -101,11 +102,11 @@ def build_trainer(args: argparse.Namespace, method: str, images: torch.Tensor) -
     ]
     config = build_config(tree, overrides=overrides)
     dataset = ImageDataset(images, torch.arange(len(images)) % 10)
-    data = DataInfo(len(images), 10, 3, (args.size, args.size))
+    data = DataInfo(len(images), 10, 3, (args.size, args.size), clusters=10)
     torch.manual_seed(0)
     model = build_model(config, data, {"mean": [0.5] * 3, "std": [0.25] * 3})
-    parts = Parts(**vars(model), splits=DataSplits("random", dataset, dataset, dataset, "test"), eval_clusters=10)
-    return Trainer(parts, run_dir=Path("unused"))
+    parts = Parts(**vars(model), splits=DataSplits("random", dataset, dataset, dataset, "test"))
+    return Trainer(parts, run_dir=RunDir("unused"))
 
 
 def method_step(trainer: Trainer, images: torch.Tensor) -> Callable[[], None]:

@@ -1,11 +1,13 @@
 import pytest
 import torch
+from pydantic import ValidationError
 
 from clusterclr.augment import ViewMaker, channel_stats, recipe_for
+from clusterclr.config import AugmentConfig
 
 
 def make(size: int, channels: int) -> ViewMaker:
-    return ViewMaker(recipe_for("auto", size), (size, size), channels, (0.5,) * channels, (0.25,) * channels)
+    return ViewMaker(recipe_for(AugmentConfig(), size), (size, size), channels, (0.5,) * channels, (0.25,) * channels)
 
 
 @pytest.mark.parametrize("size, channels", [(8, 1), (32, 3), (96, 3)])
@@ -39,12 +41,13 @@ def test_clean_view_is_exactly_the_normalised_image():
 
 
 def test_presets_follow_resolution_and_overrides_apply():
-    assert recipe_for("auto", 8) == recipe_for("small", 8)
-    assert recipe_for("auto", 32).blur_prob == 0
-    assert recipe_for("auto", 96).blur_prob > 0
-    assert recipe_for("auto", 32, {"flip_prob": 0.0}).flip_prob == 0.0
-    with pytest.raises(ValueError, match="unknown augmentation preset"):
-        recipe_for("huge", 32)
+    assert recipe_for(AugmentConfig(), 8) == recipe_for(AugmentConfig(preset="small"), 8)
+    assert recipe_for(AugmentConfig(), 32).blur_prob == 0
+    assert recipe_for(AugmentConfig(), 96).blur_prob > 0
+    assert recipe_for(AugmentConfig(flip_prob=0.0), 32).flip_prob == 0.0
+    assert all(value is not None for value in recipe_for(AugmentConfig(), 32).model_dump().values())
+    with pytest.raises(ValidationError, match="preset"):
+        AugmentConfig(preset="huge")
 
 
 def test_views_reject_float_input():

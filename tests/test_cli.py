@@ -20,7 +20,7 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
         (["train", "--method", "nope"], "unknown method 'nope'"),
         (["evaluate", "/no/such/run"], "/no/such/run"),
         (["train", "--seed", "4294967296"], "'seed'"),
-        (["train", "--set", "eval.clusters=5000"], "cannot make 5000 clusters"),
+        (["train", "--set", "clusters=5000"], "cannot make 5000 clusters"),
         (["train", "--set", "optim.batch_size=100000"], "fewer than optim.batch_size"),
         (["embed", "/no/such/run", "--out", "x.npy", "--data-root", "somewhere"], "--data-root needs --dataset"),
     ],

@@ -13,10 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from clusterclr.build import CHECKPOINT
 from clusterclr.cli import main
-from clusterclr.clustering.assignments import CENTROIDS
 from clusterclr.data.cifar import load_cifar10
+from clusterclr.rundir import RunDir
 
 SHARED_CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-batches-py"
 pytestmark = pytest.mark.skipif(
@@ -66,7 +65,7 @@ def test_csv_names_every_image_exactly_once(clustered):
     assert all(-1.0 <= float(row["confidence"]) <= 1.0 for row in rows)
     embeddings = np.load(run / "embeddings.npy")
     assert embeddings.shape == (IMAGES, 64) and np.isfinite(embeddings).all()
-    assert np.load(run / CENTROIDS).shape == (3, 64)
+    assert np.load(RunDir(run).centroids).shape == (3, 64)
 
 
 def test_copy_to_copies_every_image_and_leaves_the_originals_alone(clustered):
@@ -114,8 +113,8 @@ def test_init_starts_from_the_given_runs_backbone(clustered, tmp_path):
     again = tmp_path / "again"
     assert main(["cluster", str(folder), "--clusters", "3", "--init", str(run), "--epochs", "0", "--out", str(again),
                  "--set", *FAST, "train.progress=false"]) == 0
-    before = torch.load(run / CHECKPOINT, weights_only=True)["method"]
-    after = torch.load(again / CHECKPOINT, weights_only=True)["method"]
+    before = torch.load(RunDir(run).checkpoint, weights_only=True)["method"]
+    after = torch.load(RunDir(again).checkpoint, weights_only=True)["method"]
     backbone = [key for key in before if key.startswith("backbone.")]
     assert backbone and all(torch.equal(before[key], after[key]) for key in backbone)
     # Zero epochs from the same weights: the same features, so the same clusters.
@@ -174,7 +173,7 @@ def test_an_interrupted_cluster_run_is_finished_by_resume(clustered, tmp_path, m
     assert main(arguments) == 130
     assert f"continue with: clusterclr cluster --resume {run}" in capsys.readouterr().err
     assert not (run / "clusters.csv").exists()
-    stopped_at = torch.load(run / CHECKPOINT, weights_only=True)["mid_epoch"]["step"]
+    stopped_at = torch.load(RunDir(run).checkpoint, weights_only=True)["mid_epoch"]["step"]
     monkeypatch.undo()
 
     assert main(["cluster", "--resume", str(run), "--clusters", "3"]) == 2

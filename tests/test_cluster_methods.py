@@ -4,15 +4,16 @@ import numpy as np
 import pytest
 import torch
 
+import clusterclr
 from clusterclr.build import build_parts
 from clusterclr.cli import main
 from clusterclr.clustering.kmeans import kmeans
-from clusterclr.config import build_config
+from clusterclr.configure import build_config
 from clusterclr.errors import UserError
-from clusterclr.evaluate.protocol import head_cluster_sizes
-from clusterclr.methods.base import Batch, TrainingImages
+from clusterclr.evaluate.standard import head_cluster_sizes
+from clusterclr.methods.base import Batch
+from clusterclr.methods.training_images import TrainingImages
 from clusterclr.optim import parameter_groups
-from clusterclr.train import start_run
 
 TINY = [
     "model.width=0.125",
@@ -102,7 +103,7 @@ def test_cc_cluster_loss_trains_the_backbone_through_the_head():
 def test_head_scores_sizes_and_assignments_reach_metrics_and_embed(method, tmp_path):
     run = tmp_path / method
     config = build_config(flags={"method.name": method, "train.epochs": 2}, overrides=TINY)
-    metrics = start_run(config, run)
+    metrics = clusterclr.train(config, out=run).metrics
     for key in ("head_nmi", "head_acc", "head_ari"):
         assert 0.0 <= metrics[key] <= 1.0
     assert len(metrics["head_cluster_sizes"]) == 10 and sum(metrics["head_cluster_sizes"]) == metrics["num_train"]
@@ -128,9 +129,9 @@ def test_unlabelled_folder_trains_with_a_given_number_of_clusters(tmp_path):
     write_folder(tmp_path / "photos")
     flags = {"method.name": "center_predictor", "data.dataset": "folder", "data.root": str(tmp_path / "photos"), "train.epochs": 1}
     overrides = TINY + ["optim.batch_size=8"]
-    with pytest.raises(UserError, match="method.clusters=K"):
+    with pytest.raises(UserError, match="--set clusters=K"):
         build_parts(build_config(flags=flags, overrides=overrides))
-    metrics = start_run(build_config(flags=flags, overrides=overrides + ["method.clusters=3"]), tmp_path / "run")
+    metrics = clusterclr.train(build_config(flags=flags, overrides=overrides + ["clusters=3"]), out=tmp_path / "run").metrics
     assert metrics["clusters"] == 3 and metrics["head_nmi"] is None
     assert len(metrics["head_cluster_sizes"]) == 3
 

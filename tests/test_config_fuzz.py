@@ -11,7 +11,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clusterclr.config import Config, build_config, validate
+from clusterclr.config import Config
+from clusterclr.configure import build_config, validate
 from clusterclr.errors import UserError
 from clusterclr.methods.registry import _METHODS
 

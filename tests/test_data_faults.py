@@ -14,10 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from clusterclr.config import build_config
+import clusterclr
+from clusterclr.configure import build_config
 from clusterclr.data.registry import load_raw
 from clusterclr.errors import UserError
-from clusterclr.train import SKIPPED_FILES, start_run
+from clusterclr.rundir import RunDir
 
 RNG = np.random.default_rng(0)
 
@@ -97,18 +98,18 @@ def test_skipped_files_are_counted_and_listed_in_the_run_directory(tmp_path, mon
     config = build_config(
         flags={"data.dataset": "folder", "data.root": str(root), "train.epochs": 1},
         overrides=[
-            "data.skip_bad=true", "data.image_size=8", "model.width=0.125", "optim.batch_size=8", "eval.clusters=2",
+            "data.skip_bad=true", "data.image_size=8", "model.width=0.125", "optim.batch_size=8", "clusters=2",
             "train.progress=false", "train.report=false", "train.num_threads=1", "method.projection_hidden_dim=16", "method.projection_dim=8",
         ],
     )
     threads = torch.get_num_threads()
     try:
         with pytest.warns(UserWarning, match=r"folder: skipped 2 bad file\(s\) \(data.skip_bad=true\), e.g. .*empty.png"):
-            metrics = start_run(config, tmp_path / "run")
+            metrics = clusterclr.train(config, out=tmp_path / "run").metrics
     finally:
         torch.set_num_threads(threads)
     assert metrics["num_train"] == 20
-    listed = (tmp_path / "run" / SKIPPED_FILES).read_text().splitlines()
+    listed = RunDir(tmp_path / "run").skipped_files.read_text().splitlines()
     assert [line.split("\t")[0] for line in listed] == [str(root / "empty.png"), str(root / "junk.jpg")]
     assert all(line.split("\t")[1] for line in listed)
 

@@ -18,13 +18,16 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+import clusterclr
 from clusterclr import distributed
 from clusterclr.build import build_model, build_parts
-from clusterclr.config import build_config
+from clusterclr.configure import build_config
 from clusterclr.errors import UserError
-from clusterclr.methods.base import Batch, DataInfo, TrainingImages
+from clusterclr.methods.base import Batch, DataInfo
+from clusterclr.methods.training_images import TrainingImages
+from clusterclr.rundir import RunDir
 from clusterclr.runlog import SilentLog
-from clusterclr.train import Trainer
+from clusterclr.training.loop import Trainer
 
 WORLD = 2
 GLOBAL_BATCH = 16
@@ -35,14 +38,14 @@ HEADS = ["method.projection_hidden_dim=32", "method.projection_dim=16"]
 METHODS = {
     "simclr": [],
     "moco_v2": ["method.queue_size=32"],
-    "cc": ["method.cluster_hidden_dim=16", "method.clusters=4"],
-    "center_predictor": ["method.clusters=4", "method.balance_weight=0.5"],
+    "cc": ["method.cluster_hidden_dim=16"],
+    "center_predictor": ["method.balance_weight=0.5"],
     "sepp_simclr": [],
     "sepp_moco_v2": ["method.queue_size=32"],
     "sepp_simsiam": ["method.predictor_hidden_dim=8"],
-    "pcl": ["method.queue_size=32", "method.num_clusters=[3,4]"],
+    "pcl": ["method.queue_size=32", "method.granularities=[3,4]"],
 }
-DATA = DataInfo(num_images=64, num_classes=4, channels=1, image_size=(SIDE, SIDE))
+DATA = DataInfo(num_images=64, num_classes=4, channels=1, image_size=(SIDE, SIDE), clusters=4)
 
 
 def _spawn(fn, tmp_path, *args) -> None:
@@ -143,10 +146,10 @@ def _clustering_state(rank: int, tmp: str) -> None:
     results = {}
     images = torch.randint(0, 256, (DATA.num_images, 1, SIDE, SIDE), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
     for name, extra in (
-        ("interclr", ["method.queue_size=32", "method.num_clusters=6", "method.min_cluster_size=4", "method.refresh_every=1",
+        ("interclr", ["method.queue_size=32", "method.pseudo_label_clusters=6", "method.min_cluster_size=4", "method.refresh_every=1",
                       "method.negative_pool=32", "method.negatives=8"]),
-        ("pcl", ["method.queue_size=32", "method.num_clusters=[5]", "method.warmup_epochs=0"]),
-        ("center_predictor", ["method.clusters=4"]),
+        ("pcl", ["method.queue_size=32", "method.granularities=[5]", "method.warmup_epochs=0"]),
+        ("center_predictor", []),
         ("sepp_simclr", ["positives.warmup_epochs=0"]),
     ):
         torch.manual_seed(0)
@@ -198,11 +201,11 @@ TRAINED = {"simclr": [], "moco_v2": ["method.queue_size=300", "method.bn_groups=
 def _train(name: str, run_dir: Path) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
     torch.manual_seed(0)
     config = build_config(flags={"method.name": name}, overrides=TRAIN + TRAINED[name])
-    trainer = Trainer(build_parts(config), run_dir)
+    trainer = Trainer(build_parts(config), RunDir(run_dir))
     freeze_batch_norm(trainer.method)
     seen = []
-    make_batch = trainer._batch
-    trainer._batch = lambda images, indices: seen.append(indices.clone()) or make_batch(images, indices)
+    loss = trainer.loss
+    trainer.loss = lambda images, indices: seen.append(indices.clone()) or loss(images, indices)
     trainer.fit(SilentLog())
     return trainer.method.state_dict(), seen
 
@@ -249,29 +252,27 @@ RESUMED = [
 
 def _stopped_and_resumed(rank: int, tmp: str) -> None:
     from clusterclr.errors import Interrupted
-    from clusterclr.train import resume_run, start_run
 
     optimise = Trainer.optimise
 
     def stop_on_rank_1_after_step_7(self, out, step):
         optimise(self, out, step)
         if rank == 1 and step + 1 == 7:  # mid-epoch 2; a stop asked on one rank stops both
-            self.stop_signal = 15
+            self.stop.signal = 15
 
     Trainer.optimise = stop_on_rank_1_after_step_7
     with pytest.raises(Interrupted):
-        start_run(build_config(overrides=RESUMED), Path(tmp) / "resumed")
+        clusterclr.train(build_config(overrides=RESUMED), out=Path(tmp) / "resumed")
     Trainer.optimise = optimise
-    resume_run(Path(tmp) / "resumed")
-    start_run(build_config(overrides=RESUMED), Path(tmp) / "uninterrupted")
+    clusterclr.resume(Path(tmp) / "resumed")
+    clusterclr.train(build_config(overrides=RESUMED), out=Path(tmp) / "uninterrupted")
 
 
 def test_a_stopped_two_process_run_resumes_to_the_uninterrupted_result(tmp_path):
-    from clusterclr.build import CHECKPOINT
     from clusterclr.io import load_checkpoint
 
     _spawn(_stopped_and_resumed, tmp_path)
-    resumed, uninterrupted = (load_checkpoint(tmp_path / run / CHECKPOINT) for run in ("resumed", "uninterrupted"))
+    resumed, uninterrupted = (load_checkpoint(RunDir(tmp_path / run).checkpoint) for run in ("resumed", "uninterrupted"))
     assert resumed["epoch"] == uninterrupted["epoch"] == 3
     for key, value in uninterrupted["method"].items():
         assert torch.equal(resumed["method"][key], value), key

@@ -10,14 +10,14 @@ import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from clusterclr.clustering.kmeans import KMeansResult, assign, kmeans
-from clusterclr.evaluate.knn import knn_accuracy, knn_predict
-from clusterclr.evaluate.metrics import (
+from clusterclr.clustering.metrics import (
     ari,
     cluster_accuracy,
     clustering_scores,
     contingency,
     nmi,
 )
+from clusterclr.evaluate.knn import knn_accuracy, knn_predict
 
 
 def _random_labellings(seed: int, count: int):

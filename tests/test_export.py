@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from clusterclr.build import CHECKPOINT, load_model
+import clusterclr
+from clusterclr.build import load_model
 from clusterclr.cli import main
-from clusterclr.config import build_config
+from clusterclr.configure import build_config
 from clusterclr.export import Encoder, preprocessing_path
 from clusterclr.io import load_checkpoint
-from clusterclr.train import start_run
+from clusterclr.rundir import RunDir
 
 TINY = [
     "model.width=0.125", "optim.batch_size=128", "train.progress=false", "train.eval_every=0",
@@ -39,13 +40,13 @@ def run(request, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp(request.param) / "run"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one epoch is too short for a balanced cluster head; it warns so
-        start_run(build_config(flags={"method.name": request.param, "train.epochs": 1}, overrides=TINY), run)
+        clusterclr.train(build_config(flags={"method.name": request.param, "train.epochs": 1}, overrides=TINY), out=run)
     return run
 
 
 def reference_outputs(run: Path, images: torch.Tensor) -> list[np.ndarray]:
     """The trained method's own features and cluster probabilities, computed the way evaluation does."""
-    model, _ = load_model(run)
+    model, _ = load_model(RunDir(run))
     model.method.eval()
     with torch.no_grad():
         features = model.method.embed(images.to(memory_format=torch.channels_last))
@@ -104,7 +105,7 @@ def test_safetensors_hold_the_encoder_and_reload_into_the_architecture(run, tmp_
 
     out = tmp_path / "encoder.safetensors"
     assert main(["export", str(run), "--out", str(out)]) == 0
-    state = load_checkpoint(run / CHECKPOINT)
+    state = load_checkpoint(RunDir(run).checkpoint)
     tensors = load_file(str(out))
     # The backbone, and the head where there is one; nothing of the projector.
     head = "centres." if "center_predictor" in str(run) else None
@@ -121,7 +122,7 @@ def test_safetensors_hold_the_encoder_and_reload_into_the_architecture(run, tmp_
 
     # A fresh encoder of the same architecture, given these tensors, computes the trained model's outputs.
     images = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    fresh, _ = load_model(run)
+    fresh, _ = load_model(RunDir(run))
     for parameter in fresh.method.parameters():
         parameter.data.zero_()
     encoder = Encoder(fresh)
@@ -142,12 +143,12 @@ def test_preprocessing_json_says_how_to_feed_the_model(run, tmp_path):
     out = tmp_path / "encoder.pt"
     assert main(["export", str(run), "--format", "torchscript", "--out", str(out)]) == 0
     settings = json.loads(preprocessing_path(out).read_text())
-    state = load_checkpoint(run / CHECKPOINT)
+    state = load_checkpoint(RunDir(run).checkpoint)
     assert settings["format"] == "torchscript" and settings["file"] == "encoder.pt"
     assert settings["input"]["channels"] == 1 and (settings["input"]["height"], settings["input"]["width"]) == (8, 8)
     assert settings["input"]["mean"] == state["normalisation"]["mean"]
     assert settings["input"]["std"] == state["normalisation"]["std"]
-    assert settings["outputs"]["features"]["dim"] == load_model(run)[0].method.backbone.feature_dim
+    assert settings["outputs"]["features"]["dim"] == load_model(RunDir(run))[0].method.backbone.feature_dim
     has_head = "center_predictor" in str(run)
     assert ("cluster_probabilities" in settings["outputs"]) == has_head
     if has_head:

@@ -23,15 +23,16 @@ import numpy as np
 import pytest
 import torch
 
+import clusterclr
 import clusterclr.io
-from clusterclr.build import CHECKPOINT, load_model, read_run
+from clusterclr.build import load_model
 from clusterclr.cli import main
-from clusterclr.config import build_config
+from clusterclr.configure import build_config
 from clusterclr.errors import Interrupted, UserError
 from clusterclr.io import load_checkpoint, previous_checkpoint
 from clusterclr.methods.base import StepOutput
 from clusterclr.methods.simclr import SimCLR
-from clusterclr.train import resume_run, start_run
+from clusterclr.rundir import RunDir
 
 TINY = [
     "model.width=0.125", "optim.batch_size=128", "train.progress=false", "train.report=false", "train.eval_every=0",
@@ -56,7 +57,7 @@ def tiny(epochs: int, *extra: str):
 def finished(tmp_path_factory) -> Path:
     """A two-epoch run: last.pt at epoch 2, previous.pt at epoch 1."""
     run = tmp_path_factory.mktemp("finished") / "run"
-    start_run(tiny(2), run)
+    clusterclr.train(tiny(2), out=run)
     return run
 
 
@@ -70,25 +71,25 @@ def run(finished, tmp_path) -> Path:
 
 
 def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous_one(run, finished):
-    last = run / CHECKPOINT
+    last = RunDir(run).checkpoint
     assert load_checkpoint(last)["epoch"] == 2 and load_checkpoint(previous_checkpoint(last))["epoch"] == 1
 
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # truncated
     with pytest.warns(UserWarning, match=r"cannot load checkpoint .*last.pt.*using the previous checkpoint .*previous.pt \(epoch 1\)"):
-        assert read_run(run)[1]["epoch"] == 1
+        assert RunDir(run).read()[1]["epoch"] == 1
     # Resuming from it redoes epoch 2 exactly, and sets the bad file aside rather than keeping it as "previous".
     with pytest.warns(UserWarning, match="using the previous checkpoint"):
-        resume_run(run)
+        clusterclr.resume(run)
     assert json.loads((run / "metrics.json").read_text()) == json.loads((finished / "metrics.json").read_text())
     assert (run / "checkpoints" / "last.unreadable").is_file()
     assert load_checkpoint(last)["epoch"] == 2 and load_checkpoint(previous_checkpoint(last))["epoch"] == 1
 
     last.unlink()  # killed between renaming last.pt aside and renaming the new one in
     with pytest.warns(UserWarning, match=r"no checkpoint at .*last.pt; using the previous"):
-        assert read_run(run)[1]["epoch"] == 1
+        assert RunDir(run).read()[1]["epoch"] == 1
     previous_checkpoint(last).write_bytes(b"")
     with pytest.raises(UserError, match=r"no checkpoint at .*last.pt"):
-        read_run(run)
+        RunDir(run).read()
 
 
 def test_a_full_disk_is_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
@@ -99,7 +100,7 @@ def test_a_full_disk_is_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, mo
 
     def checkpoints_on_a_full_disk(*args, **kwargs):
         fd, name = real_mkstemp(*args, **kwargs)
-        if Path(name).name.startswith(".last.pt.") and (run / CHECKPOINT).exists():
+        if Path(name).name.startswith(".last.pt.") and (RunDir(run).checkpoint).exists():
             os.close(fd)
             fd = os.open("/dev/full", os.O_WRONLY)  # every write fails: No space left on device
         return fd, name
@@ -108,10 +109,10 @@ def test_a_full_disk_is_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, mo
     assert main(["train", "--out", str(run), "--epochs", "2", "--set", *TINY]) == 2
     error = capsys.readouterr().err
     assert "Traceback" not in error
-    assert f"cannot write {run / CHECKPOINT}: No space left on device" in error
-    assert f"the last checkpoint, {run / CHECKPOINT} (before training), is intact" in error
+    assert f"cannot write {RunDir(run).checkpoint}: No space left on device" in error
+    assert f"the last checkpoint, {RunDir(run).checkpoint} (before training), is intact" in error
     assert f"clusterclr train --resume {run}" in error
-    assert load_checkpoint(run / CHECKPOINT)["epoch"] == 0
+    assert load_checkpoint(RunDir(run).checkpoint)["epoch"] == 0
     assert not list((run / "checkpoints").glob(".*.tmp"))
 
 
@@ -155,15 +156,15 @@ def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_a_second_one_aborts(t
     # Not necessarily the default handler: a shell's background job starts with SIGINT ignored.
     handler_before = signal.getsignal(signal.SIGINT)
     with pytest.raises(Interrupted, match=r"stopped by SIGINT at epoch 1, step 3 of 11; checkpoint written to") as stopped:
-        start_run(tiny(1), run)
+        clusterclr.train(tiny(1), out=run)
     assert stopped.value.exit_status == 130 and stopped.value.run_dir == run
-    assert load_checkpoint(run / CHECKPOINT)["mid_epoch"]["step"] == 3
+    assert load_checkpoint(RunDir(run).checkpoint)["mid_epoch"]["step"] == 3
     assert signal.getsignal(signal.SIGINT) is handler_before  # handlers last only while training
 
     signal_at_step(monkeypatch, 2, times=2)
     with pytest.raises(KeyboardInterrupt):
-        start_run(tiny(1), tmp_path / "again")
-    assert "mid_epoch" not in load_checkpoint(tmp_path / "again" / CHECKPOINT)
+        clusterclr.train(tiny(1), out=tmp_path / "again")
+    assert "mid_epoch" not in load_checkpoint(RunDir(tmp_path / "again").checkpoint)
 
 
 # --- numerical faults ------------------------------------------------------------------------------
@@ -193,8 +194,8 @@ def test_a_nan_loss_stops_the_run_naming_the_step_terms_and_last_good_checkpoint
     error = capsys.readouterr().err
     assert "Traceback" not in error
     assert "training diverged: loss became nan at step 5 (epoch 1); loss terms: loss=nan, output_std=" in error
-    assert f"the last good checkpoint is {run / CHECKPOINT} (before training)" in error
-    state = load_checkpoint(run / CHECKPOINT)
+    assert f"the last good checkpoint is {RunDir(run).checkpoint} (before training)" in error
+    state = load_checkpoint(RunDir(run).checkpoint)
     assert state["epoch"] == 0 and all(torch.isfinite(v).all() for v in state["method"].values() if v.is_floating_point())
 
 
@@ -202,29 +203,29 @@ def test_a_nan_between_log_steps_is_caught_at_the_next_one(tmp_path, monkeypatch
     poison_steps(monkeypatch, {3})
     # The weights are NaN from step 3 on, so the loss checked at step 5 is too.
     with pytest.raises(FloatingPointError, match=r"loss became nan at step 5 \(epoch 1\)"):
-        start_run(tiny(1, "train.log_every=5"), tmp_path / "run")
+        clusterclr.train(tiny(1, "train.log_every=5"), out=tmp_path / "run")
 
 
 def test_up_to_skip_nonfinite_steps_bad_steps_are_skipped(tmp_path, monkeypatch):
     poison_steps(monkeypatch, {3, 7})
     run = tmp_path / "run"
     with pytest.warns(UserWarning, match=r"loss became nan at step \d+ .*step skipped") as warned:
-        start_run(tiny(1, "train.skip_nonfinite_steps=2", "train.log_every=100"), run)
+        clusterclr.train(tiny(1, "train.skip_nonfinite_steps=2", "train.log_every=100"), out=run)
     skipped = [str(w.message) for w in warned if "step skipped" in str(w.message)]
     assert [s.split(" (epoch")[0] for s in skipped] == ["loss became nan at step 3", "loss became nan at step 7"]
-    state = load_checkpoint(run / CHECKPOINT)
+    state = load_checkpoint(RunDir(run).checkpoint)
     assert state["skipped_steps"] == 2
     assert all(torch.isfinite(v).all() for v in state["method"].values() if v.is_floating_point())
 
     poison_steps(monkeypatch, {2, 4, 6})
     with pytest.warns(UserWarning), pytest.raises(FloatingPointError, match=r"step 6, non-finite step 3 \(train.skip_nonfinite_steps=2\)"):
-        start_run(tiny(1, "train.skip_nonfinite_steps=2"), tmp_path / "again")
+        clusterclr.train(tiny(1, "train.skip_nonfinite_steps=2"), out=tmp_path / "again")
 
 
 def test_collapsed_outputs_are_warned_about_once(tmp_path, monkeypatch):
     poison_steps(monkeypatch, set(), output_std=1e-5)
     with pytest.warns(UserWarning, match=r"outputs have collapsed at epoch 1: output_std=1e-05") as warned:
-        start_run(tiny(2), tmp_path / "run")
+        clusterclr.train(tiny(2), out=tmp_path / "run")
     assert sum("collapsed" in str(w.message) for w in warned) == 1
 
 
@@ -244,7 +245,7 @@ class Payload:
 @pytest.mark.parametrize("form", ["zip", "legacy", "plain pickle"])
 def test_a_malicious_pickle_is_refused_without_running_it(run, tmp_path, capsys, form):
     marker = tmp_path / "pwned"
-    last = run / CHECKPOINT
+    last = RunDir(run).checkpoint
     state = load_checkpoint(last)
     state["epoch"] = Payload(marker)
     if form == "plain pickle":
@@ -269,12 +270,12 @@ def test_a_malicious_pickle_is_refused_without_running_it(run, tmp_path, capsys,
 
 
 def test_a_checkpoint_that_does_not_match_its_config_names_the_mismatch(run, capsys):
-    last = run / CHECKPOINT
+    last = RunDir(run).checkpoint
     state = load_checkpoint(last)
     state["config"]["model"]["width"] = 0.25  # the config now builds a model twice as wide as the weights
     torch.save(state, last)
     with pytest.raises(UserError, match=r"backbone.stem.0.weight is \(8, 1, 3, 3\) in the checkpoint but \(16, 1, 3, 3\) in the model"):
-        load_model(run)
+        load_model(RunDir(run))
 
     state = load_checkpoint(previous_checkpoint(last))
     weights = state["method"]
@@ -294,10 +295,10 @@ def test_resuming_on_changed_data_is_refused(tmp_path):
     config = build_config(
         flags={"data.dataset": "npz", "data.root": str(data), "train.epochs": 1}, overrides=TINY + ["optim.batch_size=16"]
     )
-    start_run(config, tmp_path / "run")
+    clusterclr.train(config, out=tmp_path / "run")
     np.savez(data, x=rng.integers(0, 256, (40, 8, 8), dtype=np.uint8), y=np.arange(40) % 3)
     with pytest.raises(UserError, match=r"the training data changed since .*last.pt was written \(num_images 39 -> 31\)"):
-        resume_run(tmp_path / "run")
+        clusterclr.resume(tmp_path / "run")
 
 
 # --- --resume auto ---------------------------------------------------------------------------------
@@ -331,15 +332,15 @@ def test_a_resumed_log_keeps_exactly_the_lines_before_its_checkpoint(tmp_path):
 
     def log_two_epochs_then_resume(keep_until_step: int, epoch_start_redone: bool) -> list[tuple[str, int]]:
         (tmp_path / "metrics.jsonl").unlink(missing_ok=True)
-        log = RunLog(tmp_path)
+        log = RunLog(RunDir(tmp_path).log, RunDir(tmp_path).tensorboard)
         for epoch, start in ((0, 0), (1, 10)):
             log.write("method", start, {"epoch": epoch})
             for step in range(start + 1, start + 11):
                 log.write("step", step, {})
             log.write("epoch", start + 10, {"epoch": epoch + 1})
         log.close()
-        RunLog(tmp_path, keep_until_step, epoch_start_redone).close()
-        return [(r["kind"], r["step"]) for r in read_log(tmp_path)]
+        RunLog(RunDir(tmp_path).log, RunDir(tmp_path).tensorboard, keep_until_step, epoch_start_redone).close()
+        return [(r["kind"], r["step"]) for r in read_log(RunDir(tmp_path).log)]
 
     first_epoch = [("method", 0), *(("step", s) for s in range(1, 11)), ("epoch", 10)]
     # Resumed at the epoch boundary: the second epoch's start (its "method" line) is redone.

@@ -10,21 +10,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import clusterclr
 from clusterclr.build import build_parts
 from clusterclr.clustering.online import nearest_centroid
-from clusterclr.config import build_config
+from clusterclr.configure import build_config
 from clusterclr.errors import Interrupted, UserError
 from clusterclr.losses.inter_image import margin_info_nce
-from clusterclr.methods.base import Batch, TrainingImages
+from clusterclr.methods.base import Batch
 from clusterclr.methods.interclr import InterCLR
+from clusterclr.methods.training_images import TrainingImages
 from clusterclr.positives.cluster_mates import cluster_mates, semi_hard_negatives
+from clusterclr.rundir import RunDir
 from clusterclr.runlog import read_log
-from clusterclr.train import CHECKPOINT, resume_run, start_run
 
 TINY = [
     "method.name=interclr", "model.width=0.125", "optim.batch_size=128", "train.progress=false", "train.report=false",
     "train.eval_every=0", "train.log_every=1", "method.projection_hidden_dim=64", "method.projection_dim=32",
-    "method.queue_size=512", "method.momentum=0.99", "method.num_clusters=20", "method.min_cluster_size=5",
+    "method.queue_size=512", "method.momentum=0.99", "method.pseudo_label_clusters=20", "method.min_cluster_size=5",
     "method.negative_pool=256", "method.negatives=64",
 ]
 
@@ -159,7 +161,7 @@ def test_the_inter_image_loss_trains_the_query_encoder_and_never_the_key_encoder
     method.on_epoch_start(0, training_images(parts))
     out = method.training_step(Batch(parts.views(parts.splits.train.images[:32], 2), torch.arange(32)))
     out.loss.backward()
-    assert all(p.grad is None for p in method.key_encoder.parameters())
+    assert all(p.grad is None for p in method.momentum_encoder.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in method.projector.parameters())
     assert not method.bank.features.requires_grad
 
@@ -179,7 +181,7 @@ def test_no_inter_image_loss_during_warm_up():
     "override, message",
     [
         ("method.negatives=300", "negatives=300 cannot be drawn from a negative_pool of 256"),
-        ("method.num_clusters=1", "'method.num_clusters'"),
+        ("method.pseudo_label_clusters=1", "'method.pseudo_label_clusters'"),
         ("method.bank_dtype=int8", "'method.bank_dtype'"),
     ],
 )
@@ -189,18 +191,21 @@ def test_bad_options_are_reported(override, message):
 
 
 def test_more_clusters_than_images_is_refused():
-    with pytest.raises(UserError, match="method.num_clusters=5000 exceeds the 1438 training images"):
-        tiny_parts("method.num_clusters=5000")
+    with pytest.raises(UserError, match="method.pseudo_label_clusters=5000 exceeds the 1438 training images"):
+        tiny_parts("method.pseudo_label_clusters=5000")
 
 
 def test_unlabelled_data_needs_a_cluster_count_and_logs_no_nmi(tmp_path):
     data = tmp_path / "unlabelled.npz"
     np.savez(data, x=np.random.default_rng(0).integers(0, 256, (40, 8, 8), dtype=np.uint8))
-    unlabelled = ["data.dataset=npz", f"data.root={data}", "optim.batch_size=8", "eval.clusters=3", "method.queue_size=16",
-                  "method.negative_pool=16", "method.negatives=8"]
-    with pytest.raises(UserError, match="set method.num_clusters=K"):
-        build_parts(build_config(overrides=TINY + unlabelled + ["method.num_clusters=null"]))
-    parts = build_parts(build_config(overrides=TINY + unlabelled + ["method.num_clusters=4", "method.min_cluster_size=2"]))
+    unlabelled = ["data.dataset=npz", f"data.root={data}", "optim.batch_size=8", "method.queue_size=16",
+                  "method.negative_pool=16", "method.negatives=8", "method.min_cluster_size=2"]
+    with pytest.raises(UserError, match="set the number of clusters with --set clusters=K"):
+        build_parts(build_config(overrides=TINY + unlabelled + ["method.pseudo_label_clusters=4"]))
+    # The bank's clustering defaults to K.
+    parts = build_parts(build_config(overrides=TINY + unlabelled + ["clusters=3", "method.pseudo_label_clusters=null"]))
+    assert parts.method.bank.num_clusters == 3
+    parts = build_parts(build_config(overrides=TINY + unlabelled + ["clusters=3", "method.pseudo_label_clusters=4"]))
     logs = parts.method.on_epoch_start(0, training_images(parts))
     assert "pseudo_label_nmi" not in logs and sum(logs["cluster_size_histogram"].values()) == 4
     out = parts.method.training_step(Batch(parts.views(parts.splits.train.images[:8], 2), torch.arange(8)))
@@ -216,12 +221,12 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
     config = build_config(
         flags={"train.epochs": 2, "data.dataset": "npz", "data.root": str(data)},
         overrides=TINY + [
-            "optim.batch_size=8", "method.queue_size=16", "method.num_clusters=4", "method.min_cluster_size=3",
+            "optim.batch_size=8", "method.queue_size=16", "method.pseudo_label_clusters=4", "method.min_cluster_size=3",
             "method.negative_pool=24", "method.negatives=8", "method.refresh_every=4", "method.warmup_epochs=1",
         ],
     )
     whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
-    start_run(config, whole)
+    clusterclr.train(config, out=whole)
     # Ctrl-C at step 3 of epoch 2: a mid-epoch checkpoint, resumed without on_epoch_start.
     real, calls = InterCLR.training_step, itertools.count(1)
 
@@ -232,15 +237,15 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(InterCLR, "training_step", training_step)
     with pytest.raises(Interrupted, match="at epoch 2, step 3 of 6"):
-        start_run(config, interrupted)
+        clusterclr.train(config, out=interrupted)
     monkeypatch.setattr(InterCLR, "training_step", real)
-    resume_run(interrupted)
-    losses = lambda run: [(r["step"], r["loss"]) for r in read_log(run) if r["kind"] == "step"]  # noqa: E731
+    clusterclr.resume(interrupted)
+    losses = lambda run: [(r["step"], r["loss"]) for r in read_log(RunDir(run).log) if r["kind"] == "step"]  # noqa: E731
     assert len(losses(whole)) == 12 and losses(interrupted) == losses(whole)
-    assert [("inter" in r) for r in read_log(whole) if r["kind"] == "step"] == [False] * 6 + [True] * 6
-    a = torch.load(whole / CHECKPOINT, weights_only=True)["method"]
-    b = torch.load(interrupted / CHECKPOINT, weights_only=True)["method"]
+    assert [("inter" in r) for r in read_log(RunDir(whole).log) if r["kind"] == "step"] == [False] * 6 + [True] * 6
+    a = torch.load(RunDir(whole).checkpoint, weights_only=True)["method"]
+    b = torch.load(RunDir(interrupted).checkpoint, weights_only=True)["method"]
     assert int(a["bank.writes"]) == 12
     for key in ("bank.features", "bank.labels", "bank.centroids", "bank.writes"):
         assert torch.equal(a[key], b[key]), key
-    assert [r["epoch"] for r in read_log(interrupted) if r["kind"] == "method"] == [0, 1]
+    assert [r["epoch"] for r in read_log(RunDir(interrupted).log) if r["kind"] == "method"] == [0, 1]

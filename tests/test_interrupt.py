@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from clusterclr.build import CHECKPOINT
-from clusterclr.config import build_config
+import clusterclr
+from clusterclr.configure import build_config
 from clusterclr.io import load_checkpoint, previous_checkpoint
+from clusterclr.rundir import RunDir
 from clusterclr.runlog import read_log
-from clusterclr.train import resume_run, start_run
 
 TINY = [
     "model.width=0.125", "optim.batch_size=128", "train.progress=false", "train.report=false", "train.eval_every=0",
@@ -39,10 +39,10 @@ import io, os, sys, time
 from pathlib import Path
 import clusterclr.io as cio
 from clusterclr.cli import main
-from clusterclr.train import Trainer
+from clusterclr.training.loop import Trainer
 
-batch = Trainer._batch
-Trainer._batch = lambda self, *args: (time.sleep(0.1 * (self.epoch == 1)), batch(self, *args))[1]
+loss = Trainer.loss
+Trainer.loss = lambda self, *args: (time.sleep(0.1 * (self.epoch == 1)), loss(self, *args))[1]
 
 marker = os.environ.get("STALL_MARKER")
 real_atomic_write = cio.atomic_write
@@ -88,7 +88,7 @@ def wait_for(condition, process: subprocess.Popen, timeout: float = 120) -> None
 
 
 def step_losses(run: Path) -> list[tuple[int, float]]:
-    return [(r["step"], r["loss"]) for r in read_log(run) if r["kind"] == "step"]
+    return [(r["step"], r["loss"]) for r in read_log(RunDir(run).log) if r["kind"] == "step"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -103,7 +103,7 @@ def restore_threads():
 def reference(tmp_path_factory) -> Path:
     """A run that was never interrupted."""
     run = tmp_path_factory.mktemp("reference") / "run"
-    start_run(build_config(flags={"train.epochs": EPOCHS}, overrides=TINY), run)
+    clusterclr.train(build_config(flags={"train.epochs": EPOCHS}, overrides=TINY), out=run)
     return run
 
 
@@ -111,18 +111,18 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_to_the_same_result(reference,
     run = tmp_path / "run"
     process = child(run)
     # Steps 12 onwards belong to epoch 2; ten more steps of at least 0.1 s remain when it is seen.
-    wait_for(lambda: any(r["kind"] == "step" and r["epoch"] == 2 for r in read_log(run)), process)
+    wait_for(lambda: any(r["kind"] == "step" and r["epoch"] == 2 for r in read_log(RunDir(run).log)), process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
 
     assert process.returncode == 143, stderr
     assert "Traceback" not in stderr
     assert "stopped by SIGTERM at epoch 2, step" in stderr and f"clusterclr train --resume {run}" in stderr
-    state = load_checkpoint(run / CHECKPOINT)
+    state = load_checkpoint(RunDir(run).checkpoint)
     assert state["epoch"] == 1 and 1 <= state["mid_epoch"]["step"] < 11
     assert not (run / "metrics.json").exists()
 
-    resume_run(run)
+    clusterclr.resume(run)
     assert json.loads((run / "metrics.json").read_text()) == json.loads((reference / "metrics.json").read_text())
     assert step_losses(run) == step_losses(reference)  # every step logged once, with the same loss
 
@@ -138,10 +138,10 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_loadable(refe
 
     half_written = list((run / "checkpoints").glob(".last.pt.*.tmp"))
     assert len(half_written) == 1 and half_written[0].stat().st_size > 0
-    assert load_checkpoint(run / CHECKPOINT)["epoch"] == 1
-    assert load_checkpoint(previous_checkpoint(run / CHECKPOINT))["epoch"] == 0
+    assert load_checkpoint(RunDir(run).checkpoint)["epoch"] == 1
+    assert load_checkpoint(previous_checkpoint(RunDir(run).checkpoint))["epoch"] == 0
 
-    resume_run(run)
+    clusterclr.resume(run)
     assert not list((run / "checkpoints").glob("*.tmp"))  # the dead write's leftovers are cleared
     assert json.loads((run / "metrics.json").read_text()) == json.loads((reference / "metrics.json").read_text())
     assert step_losses(run) == step_losses(reference)

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clusterclr.clustering.metrics import nmi
 from clusterclr.clustering.online import split_into_empty_clusters
-from clusterclr.evaluate.metrics import nmi
 from clusterclr.memory.bank import MemoryBank
 
 

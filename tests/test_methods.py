@@ -5,13 +5,14 @@ import math
 import pytest
 import torch
 
+import clusterclr
 from clusterclr.build import build_parts
-from clusterclr.config import build_config
-from clusterclr.evaluate.protocol import evaluate_parts
+from clusterclr.configure import build_config
+from clusterclr.evaluate.standard import evaluate_parts
 from clusterclr.methods.base import Batch
 from clusterclr.methods.registry import method_summaries
+from clusterclr.rundir import RunDir
 from clusterclr.runlog import read_log
-from clusterclr.train import start_run
 
 TINY = ["model.width=0.125", "optim.batch_size=128", "train.progress=false", "train.report=false", "train.eval_every=0", "train.log_every=1"]
 SMALL_HEADS = {
@@ -22,9 +23,9 @@ SMALL_HEADS = {
     "center_predictor": ["method.projection_hidden_dim=64", "method.projection_dim=32"],
     "cc": ["method.projection_hidden_dim=64", "method.projection_dim=32", "method.cluster_hidden_dim=32"],
     "interclr": ["method.projection_hidden_dim=64", "method.projection_dim=32", "method.queue_size=512", "method.momentum=0.99",
-                 "method.num_clusters=20", "method.min_cluster_size=5", "method.negative_pool=256", "method.negatives=64"],
+                 "method.pseudo_label_clusters=20", "method.min_cluster_size=5", "method.negative_pool=256", "method.negatives=64"],
     "pcl": ["method.projection_hidden_dim=64", "method.projection_dim=32", "method.queue_size=512", "method.momentum=0.99",
-            "method.num_clusters=[10,20]", "method.warmup_epochs=1", "method.concentration_floor=0.5"],
+            "method.granularities=[10,20]", "method.warmup_epochs=1", "method.concentration_floor=0.5"],
 }
 # SePP on each base, its partners mined from epoch 1 on so that the short runs below train with them.
 SMALL_HEADS |= {
@@ -41,8 +42,8 @@ def test_every_method_is_listed():
 def test_short_run_on_digits_learns_without_collapse(method, tmp_path):
     config = build_config(flags={"method.name": method, "train.epochs": 6}, overrides=TINY + SMALL_HEADS[method])
     untrained = evaluate_parts(build_parts(config))["knn_acc"]  # about 0.18
-    metrics = start_run(config, tmp_path / method)
-    log = read_log(tmp_path / method)
+    metrics = clusterclr.train(config, out=tmp_path / method).metrics
+    log = read_log(RunDir(tmp_path / method).log)
     epochs = [r["loss"] for r in log if r["kind"] == "epoch"]
     # From epoch 2: MoCo's loss first rises while its queue fills (more negatives, higher loss).
     assert epochs[-1] < epochs[1]
@@ -61,7 +62,7 @@ def test_no_gradient_reaches_the_momentum_branch(method):
     images = parts.splits.train.images[:16]
     batch = Batch(parts.views(images, 2), torch.arange(16))
     parts.method.training_step(batch).loss.backward()
-    momentum = parts.method.key_encoder if method == "moco_v2" else parts.method.target
+    momentum = parts.method.momentum_encoder
     assert all(p.grad is None for p in momentum.parameters())
     assert all(p.grad is not None for p in parts.method.backbone.parameters())
 
@@ -94,7 +95,7 @@ def test_every_method_trains_on_rgb_npz_data(method, tmp_path):
         # A queue that fits 39 images, so MoCo's queue holds no stale keys of a query's own image.
         overrides=TINY + SMALL_HEADS[method] + ["optim.batch_size=16"] + (["method.queue_size=8"] if method.endswith("moco_v2") else []),
     )
-    metrics = start_run(config, tmp_path / "run")
+    metrics = clusterclr.train(config, out=tmp_path / "run").metrics
     assert metrics["num_train"] == 48 - 3 * 3 and metrics["eval_split"] == "holdout"  # 3 of 16 per class held out
     assert 0.0 <= metrics["kmeans_nmi"] <= 1.0
 

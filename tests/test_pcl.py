@@ -10,21 +10,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import clusterclr
 from clusterclr.build import build_parts
+from clusterclr.clustering.metrics import nmi
 from clusterclr.clustering.prototypes import Prototypes
-from clusterclr.config import build_config
+from clusterclr.configure import build_config
 from clusterclr.errors import Interrupted, UserError
-from clusterclr.evaluate.metrics import nmi
 from clusterclr.losses.proto_nce import concentration, proto_nce
-from clusterclr.methods.base import Batch, TrainingImages
+from clusterclr.methods.base import Batch
 from clusterclr.methods.pcl import PCL
+from clusterclr.methods.training_images import TrainingImages
+from clusterclr.rundir import RunDir
 from clusterclr.runlog import read_log
-from clusterclr.train import CHECKPOINT, resume_run, start_run
 
 TINY = [
     "method.name=pcl", "model.width=0.125", "optim.batch_size=128", "train.progress=false", "train.report=false",
     "train.eval_every=0", "train.log_every=1", "method.projection_hidden_dim=64", "method.projection_dim=32",
-    "method.queue_size=512", "method.momentum=0.99", "method.num_clusters=[10,20]", "method.warmup_epochs=1",
+    "method.queue_size=512", "method.momentum=0.99", "method.granularities=[10,20]", "method.warmup_epochs=1",
 ]
 
 
@@ -140,7 +142,7 @@ def test_prototypes_enter_the_loss_after_warm_up_and_their_diagnostics_are_logge
     out = method.training_step(batch)
     assert torch.allclose(out.loss, out.logs["info_nce"] + out.logs["proto_nce"])
     out.loss.backward()
-    assert all(p.grad is None for p in method.key_encoder.parameters())
+    assert all(p.grad is None for p in method.momentum_encoder.parameters())
     assert all(p.grad is not None for p in method.projector.parameters())
 
 
@@ -160,9 +162,9 @@ def test_sampled_prototype_negatives_keep_the_batch_own_prototypes():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("method.num_clusters=[10,10]", "granularities must differ"),
-        ("method.num_clusters=[1]", "'method.num_clusters.0'"),
-        ("method.num_clusters=[]", "'method.num_clusters'"),
+        ("method.granularities=[10,10]", "granularities must differ"),
+        ("method.granularities=[1]", "'method.granularities.0'"),
+        ("method.granularities=[]", "'method.granularities'"),
     ],
 )
 def test_bad_options_are_reported(override, message):
@@ -171,17 +173,20 @@ def test_bad_options_are_reported(override, message):
 
 
 def test_more_clusters_than_images_is_refused():
-    with pytest.raises(UserError, match="method.num_clusters: 5000 clusters exceed the 1438 training images"):
-        tiny_parts("method.num_clusters=[10,5000]")
+    with pytest.raises(UserError, match="method.granularities: 5000 clusters exceed the 1438 training images"):
+        tiny_parts("method.granularities=[10,5000]")
 
 
 def test_unlabelled_data_needs_cluster_counts_and_logs_no_nmi(tmp_path):
     data = tmp_path / "unlabelled.npz"
     np.savez(data, x=np.random.default_rng(0).integers(0, 256, (40, 8, 8), dtype=np.uint8))
-    unlabelled = ["data.dataset=npz", f"data.root={data}", "optim.batch_size=8", "eval.clusters=3", "method.queue_size=16"]
-    with pytest.raises(UserError, match=r"set method.num_clusters=\[K, ...\]"):
-        build_parts(build_config(overrides=TINY + unlabelled + ["method.num_clusters=null"]))
-    parts = build_parts(build_config(overrides=TINY + unlabelled + ["method.num_clusters=[3,5]"]))
+    unlabelled = ["data.dataset=npz", f"data.root={data}", "optim.batch_size=8", "method.queue_size=16"]
+    with pytest.raises(UserError, match="set the number of clusters with --set clusters=K"):
+        build_parts(build_config(overrides=TINY + unlabelled + ["method.granularities=[3,5]"]))
+    # One granularity, K, by default.
+    parts = build_parts(build_config(overrides=TINY + unlabelled + ["clusters=4", "method.granularities=null"]))
+    assert [p.num_clusters for p in parts.method.prototypes] == [4]
+    parts = build_parts(build_config(overrides=TINY + unlabelled + ["clusters=3", "method.granularities=[3,5]"]))
     logs = parts.method.on_epoch_start(1, training_images(parts))
     assert "k3_pseudo_label_nmi" not in logs and logs["k5_clusters_empty"] == 0
 
@@ -192,10 +197,10 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
     np.savez(data, x=generator.integers(0, 256, (60, 8, 8), dtype=np.uint8), y=np.arange(60) % 3)
     config = build_config(
         flags={"train.epochs": 3, "data.dataset": "npz", "data.root": str(data)},
-        overrides=TINY + ["optim.batch_size=8", "method.queue_size=16", "method.num_clusters=[3,6]"],
+        overrides=TINY + ["optim.batch_size=8", "method.queue_size=16", "method.granularities=[3,6]"],
     )
     whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
-    start_run(config, whole)
+    clusterclr.train(config, out=whole)
     # Ctrl-C at step 3 of epoch 2: a mid-epoch checkpoint, resumed without on_epoch_start.
     real, calls = PCL.training_step, itertools.count(1)
 
@@ -206,13 +211,13 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(PCL, "training_step", training_step)
     with pytest.raises(Interrupted, match="at epoch 2, step 3 of 6"):
-        start_run(config, interrupted)
+        clusterclr.train(config, out=interrupted)
     monkeypatch.setattr(PCL, "training_step", real)
-    resume_run(interrupted)
-    losses = lambda run: [(r["step"], r["loss"]) for r in read_log(run) if r["kind"] == "step"]  # noqa: E731
+    clusterclr.resume(interrupted)
+    losses = lambda run: [(r["step"], r["loss"]) for r in read_log(RunDir(run).log) if r["kind"] == "step"]  # noqa: E731
     assert losses(interrupted) == losses(whole)
-    a = torch.load(whole / CHECKPOINT, weights_only=True)["method"]
-    b = torch.load(interrupted / CHECKPOINT, weights_only=True)["method"]
+    a = torch.load(RunDir(whole).checkpoint, weights_only=True)["method"]
+    b = torch.load(RunDir(interrupted).checkpoint, weights_only=True)["method"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     # The prototype term joins after the warm-up epoch.
-    assert [("proto_nce" in r) for r in read_log(whole) if r["kind"] == "step"] == [False] * 6 + [True] * 12
+    assert [("proto_nce" in r) for r in read_log(RunDir(whole).log) if r["kind"] == "step"] == [False] * 6 + [True] * 12

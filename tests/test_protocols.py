@@ -14,21 +14,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import clusterclr
 from clusterclr.cli import main
-from clusterclr.config import build_config
+from clusterclr.clustering.metrics import majority_mapping, purity
+from clusterclr.configure import build_config
 from clusterclr.data.base import ImageDataset
 from clusterclr.errors import UserError
+from clusterclr.evaluate.context import EvalContext
 from clusterclr.evaluate.features import Embeddings
-from clusterclr.evaluate.linear import fit_logistic, linear_probe
-from clusterclr.evaluate.metrics import majority_mapping, purity, topk_accuracy
+from clusterclr.evaluate.linear import fit_logistic, linear_probe, topk_accuracy
 from clusterclr.evaluate.protocols import head, kmeans, knn
-from clusterclr.evaluate.protocols.context import EvalContext
 from clusterclr.evaluate.protocols.kmeans import partition_scores
 from clusterclr.evaluate.protocols.options import ProtocolOptions
 from clusterclr.evaluate.protocols.transfer import adapt
 from clusterclr.evaluate.results import merge_metrics, summarise, update_metrics
 from clusterclr.evaluate.subsets import balanced_subset, stratified_split
-from clusterclr.train import start_run
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -135,7 +135,8 @@ def feature_context(bank, bank_labels, test, test_labels, probabilities=None, me
     ctx = EvalContext(model, "hand", ImageDataset(images(len(bank)), bank_labels), ImageDataset(images(len(test)), test_labels),
                       "test", int(bank_labels.max()) + 1, progress=False)
     bank_probs, test_probs = probabilities if probabilities is not None else (None, None)
-    ctx._embeddings.update(bank=Embeddings(bank, bank_probs), test=Embeddings(test, test_probs))
+    ctx.set_embeddings("bank", Embeddings(bank, bank_probs))
+    ctx.set_embeddings("test", Embeddings(test, test_probs))
     return ctx
 
 
@@ -238,7 +239,7 @@ def run(tmp_path_factory) -> Path:
                  "train.num_threads=1", "method.projection_hidden_dim=64", "method.projection_dim=32"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        start_run(build_config(flags={"train.epochs": 1}, overrides=overrides), run)
+        clusterclr.train(build_config(flags={"train.epochs": 1}, overrides=overrides), out=run)
     return run
 
 

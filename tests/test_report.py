@@ -8,16 +8,17 @@ import pytest
 import torch
 from PIL import Image
 
-from clusterclr.build import CHECKPOINT
+import clusterclr
+from clusterclr.build import load_parts
 from clusterclr.cli import main
-from clusterclr.clustering.assignments import CENTROIDS, ClusterAssignments, assign_to_clusters
-from clusterclr.config import build_config
-from clusterclr.evaluate.metrics import cluster_accuracy
+from clusterclr.clustering.assignments import ClusterAssignments, assign_to_clusters
+from clusterclr.clustering.metrics import cluster_accuracy
+from clusterclr.configure import build_config
 from clusterclr.report.content import ReportContent, run_report_content
 from clusterclr.report.gallery import most_confident
 from clusterclr.report.plots import matched_table, method_diagnostics
-from clusterclr.report.write import FIGURES, REPORT, write_report
-from clusterclr.train import load_run, start_run
+from clusterclr.report.write import write_report
+from clusterclr.rundir import RunDir
 
 # File names cannot hold "/", so no closing tags; an opening one is all an attack needs.
 HOSTILE = ["<script>alert(1).png", "a\"b'c&d.png", "x<img src=x onerror=alert(2)>.png"]
@@ -107,7 +108,7 @@ def _hostile_content() -> ReportContent:
 
 def test_report_escapes_file_class_and_config_names(tmp_path):
     content = _hostile_content()
-    page = write_report(tmp_path, content).read_text(encoding="utf-8")
+    page = write_report(RunDir(tmp_path), content).read_text(encoding="utf-8")
     parser = _Tags()
     parser.feed(page)
     # Only the page's own markup: nothing from a name became a tag.
@@ -122,10 +123,10 @@ def test_report_escapes_file_class_and_config_names(tmp_path):
     for name in HOSTILE:
         assert name in shown
     assert "cats & \"dogs\" $\\frac{$" in shown and 'run <b>"bold"</b> & co' in shown
-    for png in (tmp_path / FIGURES).iterdir():
+    for png in RunDir(tmp_path).figures.iterdir():
         with Image.open(png) as image:
             image.verify()
-    assert {p.name for p in (tmp_path / FIGURES).iterdir()} >= {"map_clusters.png", "map_classes.png", "confusion_matrix.png",
+    assert {p.name for p in RunDir(tmp_path).figures.iterdir()} >= {"map_clusters.png", "map_classes.png", "confusion_matrix.png",
                                                                "cluster_sizes.png", "gallery.png"}
 
 
@@ -148,25 +149,25 @@ TINY = [
 
 def test_training_writes_the_report_of_the_clusters_its_metrics_score(tmp_path):
     run = tmp_path / "run"
-    metrics = start_run(build_config(flags={"train.epochs": 1}, overrides=TINY), run)
-    page = (run / REPORT).read_text(encoding="utf-8")
+    metrics = clusterclr.train(build_config(flags={"train.epochs": 1}, overrides=TINY), out=run).metrics
+    page = RunDir(run).report.read_text(encoding="utf-8")
     for figure in ("training_curves", "map_clusters", "map_classes", "confusion_matrix", "cluster_sizes"):
-        assert f"{figure}.png" in page and (run / FIGURES / f"{figure}.png").is_file()
-    assert np.load(run / CENTROIDS).shape == (10, 64)  # 10 digit classes, width-0.125 ResNet-18 features
+        assert f"{figure}.png" in page and (RunDir(run).figures / f"{figure}.png").is_file()
+    assert np.load(RunDir(run).centroids).shape == (10, 64)  # 10 digit classes, width-0.125 ResNet-18 features
     # The report's clustering is the one metrics.json scores (same k-means, same split).
-    parts, epoch = load_run(run)
-    content = run_report_content(parts, run, epoch)
+    parts, epoch = load_parts(RunDir(run))
+    content = run_report_content(parts, RunDir(run), epoch)
     assert cluster_accuracy(content.labels, content.assignments.cluster) == pytest.approx(metrics["kmeans_acc"])
     assert json.loads((run / "metrics.json").read_text())["kmeans_acc"] == metrics["kmeans_acc"]
 
 
 def test_report_can_be_turned_off_and_written_later(tmp_path, capsys):
     run = tmp_path / "run"
-    start_run(build_config(flags={"train.epochs": 0}, overrides=TINY + ["train.report=false"]), run)
-    assert (run / CHECKPOINT).is_file() and not (run / REPORT).exists() and not (run / CENTROIDS).exists()
+    clusterclr.train(build_config(flags={"train.epochs": 0}, overrides=TINY + ["train.report=false"]), out=run)
+    assert (RunDir(run).checkpoint).is_file() and not RunDir(run).report.exists() and not RunDir(run).centroids.exists()
     assert main(["report", str(run)]) == 0
-    assert (run / REPORT).is_file() and (run / CENTROIDS).is_file()
-    assert f"report: {run / REPORT}" in capsys.readouterr().out
+    assert RunDir(run).report.is_file() and RunDir(run).centroids.is_file()
+    assert f"report: {RunDir(run).report}" in capsys.readouterr().out
 
 
 def test_report_of_a_missing_run_is_a_one_line_error(tmp_path, capsys):

@@ -5,12 +5,14 @@ import math
 import pytest
 import torch
 
-from clusterclr.build import CHECKPOINT, build_parts, load_model
-from clusterclr.config import build_config
+import clusterclr
+from clusterclr.build import build_parts, load_model
+from clusterclr.configure import build_config
 from clusterclr.errors import UserError
 from clusterclr.losses.contrastive import info_nce, nt_xent
-from clusterclr.methods.base import Batch, TrainingImages
+from clusterclr.methods.base import Batch
 from clusterclr.methods.sepp import partner_negative_cosine
+from clusterclr.methods.training_images import TrainingImages
 from clusterclr.positives import sampler
 from clusterclr.positives.semantic import (
     MinedPairs,
@@ -22,8 +24,9 @@ from clusterclr.positives.semantic import (
     same_image_or_partners,
 )
 from clusterclr.positives.views import own_key, same_image
+from clusterclr.rundir import RunDir
 from clusterclr.runlog import read_log
-from clusterclr.train import Trainer, resume_run, start_run
+from clusterclr.training.loop import Trainer
 
 TINY = ["model.width=0.125", "optim.batch_size=128", "train.progress=false", "train.report=false", "train.eval_every=0", "train.log_every=1"]
 HEADS = {
@@ -284,11 +287,11 @@ def test_moco_mines_with_its_momentum_backbone_and_no_gradient_reaches_it():
     parts = sepp_parts("moco_v2")
     method = parts.method
     encoder, modules = method.mining_encoder()
-    assert encoder is method.key_encoder.network[0] and modules == (method.key_encoder,)
+    assert encoder is method.momentum_encoder.network[0] and modules == (method.momentum_encoder,)
     images = parts.splits.train.images[:16]
     method.partners[torch.arange(16), 0] = torch.arange(16) ^ 1
     method.training_step(Batch(parts.views(images, 2), torch.arange(16))).loss.backward()
-    assert all(p.grad is None for p in method.key_encoder.parameters())
+    assert all(p.grad is None for p in method.momentum_encoder.parameters())
     assert all(p.grad is not None for p in method.backbone.parameters())
 
 
@@ -323,11 +326,11 @@ def test_pairs_refresh_on_schedule_and_land_in_the_buffer(monkeypatch):
 
 def test_a_given_encoder_is_mined_once_from_the_start_with_its_own_views(tmp_path):
     encoder_run = tmp_path / "encoder"
-    start_run(build_config(flags={"train.epochs": 0}, overrides=TINY + HEADS["simclr"]), encoder_run)
-    for path in (encoder_run, encoder_run / CHECKPOINT):
+    clusterclr.train(build_config(flags={"train.epochs": 0}, overrides=TINY + HEADS["simclr"]), out=encoder_run)
+    for path in (encoder_run, RunDir(encoder_run).checkpoint):
         parts = sepp_parts("moco_v2", f"positives.encoder={path}")
         assert parts.config.positives.first_mining_epoch() == 0
-        given, _ = load_model(encoder_run)
+        given, _ = load_model(RunDir(encoder_run))
         features = training_images(parts)
         expected = mine_partners(
             TrainingImages(features.images, None, given.views, given.device, 512).encode(given.method.embed, given.method), 1
@@ -341,17 +344,21 @@ def test_an_encoder_for_other_images_or_a_missing_one_is_a_clear_error(tmp_path)
     import numpy as np
 
     encoder_run = tmp_path / "encoder"
-    start_run(build_config(flags={"train.epochs": 0}, overrides=TINY + HEADS["simclr"]), encoder_run)
+    clusterclr.train(build_config(flags={"train.epochs": 0}, overrides=TINY + HEADS["simclr"]), out=encoder_run)
     path = tmp_path / "rgb.npz"
     np.savez(path, x=np.random.default_rng(0).integers(0, 256, (40, 12, 12, 3), dtype=np.uint8))
     config = build_config(
         flags={"method.name": "sepp_simclr", "data.dataset": "npz", "data.root": str(path)},
-        overrides=TINY + HEADS["simclr"] + ["optim.batch_size=16", "eval.clusters=2", f"positives.encoder={encoder_run}"],
+        overrides=TINY + HEADS["simclr"] + ["optim.batch_size=16", "clusters=2", f"positives.encoder={encoder_run}"],
     )
     parts = build_parts(config)
     with pytest.raises(UserError, match="trained on 1-channel 8×8 images but the training images are 3-channel 12×12"):
         parts.method.on_epoch_start(0, training_images(parts))
-    config.positives.encoder = str(tmp_path / "nowhere")
+    config = build_config(
+        flags={"method.name": "sepp_simclr", "data.dataset": "npz", "data.root": str(path)},
+        overrides=TINY + HEADS["simclr"] + ["optim.batch_size=16", "clusters=2", f"positives.encoder={tmp_path / 'nowhere'}"],
+    )
+    parts = build_parts(config)
     with pytest.raises(UserError, match="no checkpoint at"):
         parts.method.on_epoch_start(0, training_images(parts))
 
@@ -360,7 +367,7 @@ def test_resumed_sepp_run_equals_uninterrupted_run(tmp_path, monkeypatch):
     overrides = TINY + HEADS["simclr"] + ["train.checkpoint_every=1", "positives.warmup_epochs=0", "positives.refresh_every=2"]
     config = build_config(flags={"method.name": "sepp_simclr", "train.epochs": 2}, overrides=overrides)
     whole = tmp_path / "whole"
-    start_run(config, whole)
+    clusterclr.train(config, out=whole)
     save = Trainer.save
 
     def save_then_crash(self):
@@ -371,17 +378,17 @@ def test_resumed_sepp_run_equals_uninterrupted_run(tmp_path, monkeypatch):
     interrupted = tmp_path / "interrupted"
     monkeypatch.setattr(Trainer, "save", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        start_run(config, interrupted)
+        clusterclr.train(config, out=interrupted)
     monkeypatch.setattr(Trainer, "save", save)
-    resume_run(interrupted)
+    clusterclr.resume(interrupted)
 
     def losses(run):
-        return [(r["step"], r["loss"]) for r in read_log(run) if r["kind"] == "step"]
+        return [(r["step"], r["loss"]) for r in read_log(RunDir(run).log) if r["kind"] == "step"]
 
     assert losses(interrupted) == losses(whole)
-    assert [r["epoch"] for r in read_log(whole) if r["kind"] == "method"] == [0]
-    a = torch.load(whole / CHECKPOINT, weights_only=True)["method"]
-    b = torch.load(interrupted / CHECKPOINT, weights_only=True)["method"]
+    assert [r["epoch"] for r in read_log(RunDir(whole).log) if r["kind"] == "method"] == [0]
+    a = torch.load(RunDir(whole).checkpoint, weights_only=True)["method"]
+    b = torch.load(RunDir(interrupted).checkpoint, weights_only=True)["method"]
     assert torch.equal(a["partners"], b["partners"]) and (a["partners"] >= 0).any()
 
 

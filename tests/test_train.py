@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 import torch
 
+import clusterclr
 from clusterclr.cli import main
-from clusterclr.config import build_config
+from clusterclr.configure import build_config
+from clusterclr.rundir import RunDir
 from clusterclr.runlog import read_log
-from clusterclr.train import CHECKPOINT, Trainer, resume_run, start_run
+from clusterclr.training.loop import Trainer
 
 TINY = [
     "model.width=0.125",
@@ -27,13 +29,13 @@ def tiny_config(epochs: int, *extra: str):
 
 
 def step_losses(run_dir):
-    return [(r["step"], r["loss"]) for r in read_log(run_dir) if r["kind"] == "step"]
+    return [(r["step"], r["loss"]) for r in read_log(RunDir(run_dir).log) if r["kind"] == "step"]
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
     config = tiny_config(3)
     whole = tmp_path / "whole"
-    start_run(config, whole)
+    clusterclr.train(config, out=whole)
 
     save = Trainer.save
 
@@ -45,13 +47,13 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
     interrupted = tmp_path / "interrupted"
     monkeypatch.setattr(Trainer, "save", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        start_run(config, interrupted)
+        clusterclr.train(config, out=interrupted)
     monkeypatch.setattr(Trainer, "save", save)
-    resume_run(interrupted)
+    clusterclr.resume(interrupted)
 
     assert step_losses(interrupted) == step_losses(whole)
-    a = torch.load(whole / CHECKPOINT, weights_only=True)["method"]
-    b = torch.load(interrupted / CHECKPOINT, weights_only=True)["method"]
+    a = torch.load(RunDir(whole).checkpoint, weights_only=True)["method"]
+    b = torch.load(RunDir(interrupted).checkpoint, weights_only=True)["method"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((whole / "metrics.json").read_text()) == json.loads((interrupted / "metrics.json").read_text())
@@ -59,17 +61,17 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
 
 def test_short_run_learns_and_writes_everything(tmp_path):
     run = tmp_path / "run"
-    metrics = start_run(tiny_config(8, "train.eval_every=4"), run)
+    metrics = clusterclr.train(tiny_config(8, "train.eval_every=4"), out=run).metrics
     for key in ("knn_acc", "kmeans_nmi", "kmeans_acc", "kmeans_ari"):
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["eval_split"] == "holdout"
-    epochs = [r for r in read_log(run) if r["kind"] == "epoch"]
+    epochs = [r for r in read_log(RunDir(run).log) if r["kind"] == "epoch"]
     assert len(epochs) == 8
     assert epochs[-1]["loss"] < epochs[0]["loss"]
-    steps = [r for r in read_log(run) if r["kind"] == "step"]
+    steps = [r for r in read_log(RunDir(run).log) if r["kind"] == "step"]
     assert all(r["output_std"] > 0.3 / math.sqrt(32) for r in steps)  # not collapsed
-    assert [r["epoch"] for r in read_log(run) if r["kind"] == "eval"] == [4, 8]
-    assert (run / "config.yaml").is_file() and (run / CHECKPOINT).is_file()
+    assert [r["epoch"] for r in read_log(RunDir(run).log) if r["kind"] == "eval"] == [4, 8]
+    assert (run / "config.yaml").is_file() and (RunDir(run).checkpoint).is_file()
     assert any((run / "tensorboard").iterdir())
     assert json.loads((run / "metrics.json").read_text())["knn_acc"] == metrics["knn_acc"]
     # Far above chance (0.1): eight epochs of SimCLR already separate digits.
@@ -78,14 +80,14 @@ def test_short_run_learns_and_writes_everything(tmp_path):
 
 def test_existing_run_is_never_overwritten(tmp_path):
     run = tmp_path / "run"
-    start_run(tiny_config(1), run)
+    clusterclr.train(tiny_config(1), out=run)
     with pytest.raises(Exception, match="already holds a run"):
-        start_run(tiny_config(1), run)
+        clusterclr.train(tiny_config(1), out=run)
 
 
 def test_evaluate_and_embed_commands(tmp_path, capsys):
     run = tmp_path / "run"
-    start_run(tiny_config(1), run)
+    clusterclr.train(tiny_config(1), out=run)
     first = json.loads((run / "metrics.json").read_text())
     (run / "metrics.json").unlink()
     assert main(["evaluate", str(run)]) == 0
@@ -124,9 +126,9 @@ def test_unlabelled_folder_end_to_end(tmp_path):
     run = tmp_path / "run"
     config = build_config(
         flags={"data.dataset": "folder", "data.root": str(photos), "train.epochs": 1},
-        overrides=TINY + ["data.image_size=16", "optim.batch_size=16", "eval.clusters=3"],
+        overrides=TINY + ["data.image_size=16", "optim.batch_size=16", "clusters=3"],
     )
-    metrics = start_run(config, run)
+    metrics = clusterclr.train(config, out=run).metrics
     assert metrics["eval_split"] == "train" and metrics["num_train"] == 40  # nothing held back
     assert metrics["knn_acc"] is None and metrics["kmeans_nmi"] is None
     out = tmp_path / "e.npy"
@@ -137,13 +139,12 @@ def test_unlabelled_folder_end_to_end(tmp_path):
 
 
 def test_reloaded_runs_normalise_as_the_checkpoint_says(tmp_path):
-    from clusterclr.build import load_model
-    from clusterclr.train import load_run
+    from clusterclr.build import load_model, load_parts
 
     run = tmp_path / "run"
-    start_run(tiny_config(1), run)
-    state = torch.load(run / CHECKPOINT, weights_only=True)
+    clusterclr.train(tiny_config(1), out=run)
+    state = torch.load(RunDir(run).checkpoint, weights_only=True)
     state["normalisation"] = {"mean": [0.25], "std": [0.5]}
-    torch.save(state, run / CHECKPOINT)
-    for model in (load_run(run)[0], load_model(run)[0]):
+    torch.save(state, RunDir(run).checkpoint)
+    for model in (load_parts(RunDir(run))[0], load_model(RunDir(run))[0]):
         assert model.views.mean.flatten().tolist() == [0.25] and model.views.std.flatten().tolist() == [0.5]

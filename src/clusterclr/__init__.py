@@ -1,3 +1,33 @@
-"""clusterclr: self-supervised image representations and clusters."""
+"""clusterclr: self-supervised image representations and clusters.
 
-__version__ = "0.1.0"
+The Python API (``clusterclr.api``), importable from here::
+
+    import clusterclr
+
+    run = clusterclr.train("configs/digits_simclr.yaml", overrides={"train.epochs": 20})
+    run = clusterclr.load("runs/simclr-digits-...")
+    features = run.embed("photos/").features
+    found = clusterclr.cluster("photos/", clusters=8)
+
+The parts methods are built from live at stable paths: ``clusterclr.losses``,
+``clusterclr.models.heads``, ``clusterclr.positives``, ``clusterclr.methods``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clusterclr.version import __version__
+
+# Loaded on first use, so `import clusterclr` (and the command line) stays quick.
+_API = ("Clusters", "Run", "cluster", "finish_cluster", "load", "make_config", "resume", "train")
+
+__all__ = [*_API, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from clusterclr import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'clusterclr' has no attribute {name!r}")

@@ -16,43 +16,43 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from typing import Any
 
 import kornia.augmentation as K
 import torch
 from torch import nn
 
+from clusterclr.config import AugmentConfig
 
-@dataclass(frozen=True)
-class ViewRecipe:
-    crop_scale: tuple[float, float] = (0.2, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_prob: float = 0.5
-    jitter_prob: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-    grayscale_prob: float = 0.2
-    blur_prob: float = 0.0
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    solarize_prob: float = 0.0
-
-
-RECIPES: dict[str, ViewRecipe] = {
-    "small": ViewRecipe(crop_scale=(0.5, 1.0), saturation=0.0, hue=0.0, grayscale_prob=0.0),
-    "cifar": ViewRecipe(crop_scale=(0.2, 1.0)),
-    "imagenet": ViewRecipe(crop_scale=(0.08, 1.0), blur_prob=0.5),
+# The SimCLR / MoCo v2 CIFAR recipe; the other presets differ from it where noted.
+_CIFAR = dict(
+    crop_scale=(0.2, 1.0),
+    crop_ratio=(3 / 4, 4 / 3),
+    flip_prob=0.5,
+    jitter_prob=0.8,
+    brightness=0.4,
+    contrast=0.4,
+    saturation=0.4,
+    hue=0.1,
+    grayscale_prob=0.2,
+    blur_prob=0.0,
+    blur_sigma=(0.1, 2.0),
+    solarize_prob=0.0,
+)
+PRESETS: dict[str, dict[str, Any]] = {
+    "small": {**_CIFAR, "crop_scale": (0.5, 1.0), "saturation": 0.0, "hue": 0.0, "grayscale_prob": 0.0},
+    "cifar": _CIFAR,
+    "imagenet": {**_CIFAR, "crop_scale": (0.08, 1.0), "blur_prob": 0.5},
 }
 
 
-def recipe_for(preset: str, image_size: int, overrides: dict | None = None) -> ViewRecipe:
-    """The named preset (``auto`` picks one by resolution) with ``overrides`` applied."""
+def recipe_for(augment: AugmentConfig, image_size: int) -> AugmentConfig:
+    """``augment`` with every field filled: those it sets, the rest from its preset (``auto`` picks one by resolution)."""
+    preset = augment.preset
     if preset == "auto":
         preset = "small" if image_size <= 16 else "cifar" if image_size <= 64 else "imagenet"
-    if preset not in RECIPES:
-        raise ValueError(f"unknown augmentation preset {preset!r}; choose auto or one of {', '.join(RECIPES)}")
-    return replace(RECIPES[preset], **(overrides or {}))
+    unset = {key: value for key, value in PRESETS[preset].items() if getattr(augment, key) is None}
+    return augment.model_copy(update={"preset": preset, **unset})
 
 
 class ViewMaker(nn.Module):
@@ -60,7 +60,7 @@ class ViewMaker(nn.Module):
 
     def __init__(
         self,
-        recipe: ViewRecipe,
+        recipe: AugmentConfig,
         image_size: tuple[int, int],
         channels: int,
         mean: tuple[float, ...],

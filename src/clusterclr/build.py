@@ -1,28 +1,35 @@
 """Assemble a run's parts from its config: data, device, views and method.
 
 ``build_parts`` loads the data and builds everything for training.
-``load_model`` rebuilds the views and the trained method from a checkpoint
-alone, without reading the training data, for ``embed`` and exports.
+``load_model`` rebuilds the views and the trained method of a run from its
+checkpoint alone, without reading the training data, for ``embed`` and
+exports; ``load_parts`` rebuilds it with its data, for evaluation and
+reports. K, the number of clusters, is resolved here, once, into the
+method's ``DataInfo``.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from clusterclr.augment import ViewMaker, channel_stats, recipe_for
-from clusterclr.config import Config, validate
+from clusterclr.config import Config
+from clusterclr.configure import resolve_clusters, validate
 from clusterclr.data.splits import DataSplits, load_splits
 from clusterclr.errors import UserError
-from clusterclr.io import load_checkpoint, load_newest_checkpoint
+from clusterclr.io import load_checkpoint
 from clusterclr.methods.base import DataInfo, Method
 from clusterclr.methods.registry import get_method
-from clusterclr.models.backbones import build_backbone
+from clusterclr.models.backbones import build_backbone, resolve_stem
 from clusterclr.positives.sampler import SemanticPositives
+from clusterclr.rundir import RunDir
 
-CHECKPOINT = Path("checkpoints") / "last.pt"
+# The keys of ``DataInfo`` that describe the data itself; a resumed run must find them unchanged.
+DATA_KEYS = ("num_images", "num_classes", "channels", "image_size")
 
 
 @dataclass
@@ -36,13 +43,17 @@ class Model:
     method: Method
     normalisation: dict[str, list[float]]
 
+    @property
+    def clusters(self) -> int | None:
+        """K: evaluation's k-means clusters, and the method's where it has its own."""
+        return self.method.data.clusters
+
 
 @dataclass
 class Parts(Model):
     """A model plus the data it trains and is evaluated on."""
 
     splits: DataSplits
-    eval_clusters: int
 
 
 def select_device(spec: str) -> torch.device:
@@ -75,33 +86,14 @@ def select_precision(precision: str, device: torch.device) -> torch.dtype | None
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def resolve_clusters(requested: int | None, num_classes: int | None, num_points: int, what: str) -> int:
-    """k for k-means: ``requested``, else the number of classes; checked against the data."""
-    clusters = requested if requested is not None else num_classes
-    if clusters is None:
-        raise UserError(
-            f"{what} has no labels: set the number of clusters with --set eval.clusters=K "
-            "(method.clusters=K for a method with a cluster head)"
-        )
-    if not 1 <= clusters <= num_points:
-        raise UserError(f"cannot make {clusters} clusters of the {num_points} images of {what}")
-    return clusters
-
-
-def resolve_stem(stem: str, image_size: tuple[int, int]) -> str:
-    """The ResNet stem: as configured, or for "auto" the CIFAR stem up to 64 px and ImageNet's above."""
-    return stem if stem != "auto" else ("cifar" if min(image_size) <= 64 else "imagenet")
-
-
 def build_model(
     config: Config, data: DataInfo, normalisation: dict[str, list[float]], backbone_weights: dict[str, torch.Tensor] | None = None
 ) -> Model:
     """``backbone_weights`` (a trained backbone's state) are loaded before the method is built around
     the backbone, so copies the method makes of it (momentum encoders) start from them too."""
     device = select_device(config.train.device)
-    side = min(data.image_size)
     views = ViewMaker(
-        recipe_for(config.augment.preset, side, config.augment.overrides()),
+        recipe_for(config.augment, min(data.image_size)),
         data.image_size,
         data.channels,
         tuple(normalisation["mean"]),
@@ -111,8 +103,11 @@ def build_model(
     if backbone_weights is not None:
         _load_backbone(backbone, backbone_weights)
     method_cls = get_method(config.method.name)
-    extra = {"positives": config.positives} if issubclass(method_cls, SemanticPositives) else {}
-    method = method_cls(backbone, method_cls.Options(**config.method.options()), data, **extra).to(device)
+    parts = {}
+    if issubclass(method_cls, SemanticPositives):
+        encoder = config.positives.encoder
+        parts = {"positives": config.positives, "encoder_loader": None if encoder is None else _encoder_loader(Path(encoder))}
+    method = method_cls(backbone, config.method.options, data, config.train.gather_negatives, **parts).to(device)
     if config.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
     return Model(config, device, select_precision(config.train.precision, device), views, method, normalisation)
@@ -131,15 +126,13 @@ def build_parts(
     train = splits.train
     if len(train) < config.optim.batch_size:
         raise UserError(f"the training split has {len(train)} images, fewer than optim.batch_size={config.optim.batch_size}")
-    # A method with a cluster head of K clusters is evaluated with K k-means clusters unless told otherwise.
-    requested = config.eval.clusters if config.eval.clusters is not None else config.method.options().get("clusters")
-    eval_clusters = resolve_clusters(requested, splits.num_classes, len(splits.bank), f"data set '{splits.name}'")
+    clusters = resolve_clusters(config.clusters, splits.num_classes, len(splits.bank), f"data set '{splits.name}'")
     if normalisation is None:
         mean, std = channel_stats(train.images)
         normalisation = {"mean": list(mean), "std": list(std)}
-    data = DataInfo(len(train), splits.num_classes, train.channels, train.image_size)
+    data = DataInfo(len(train), splits.num_classes, train.channels, train.image_size, clusters)
     model = build_model(config, data, normalisation, backbone_weights)
-    return Parts(**vars(model), splits=splits, eval_clusters=eval_clusters)
+    return Parts(**vars(model), splits=splits)
 
 
 def model_state(model: Model) -> dict:
@@ -152,38 +145,47 @@ def model_state(model: Model) -> dict:
     }
 
 
-def read_run(run_dir: Path) -> tuple[Config, dict]:
-    """The config and newest readable checkpoint of the run in ``run_dir``."""
-    if not run_dir.is_dir():
-        raise UserError(f"run directory not found: {run_dir}")
-    state, path = load_newest_checkpoint(run_dir / CHECKPOINT)
-    return validate(state["config"], source=f"config in {path}"), state
+def saved_data_info(state: dict, config: Config) -> DataInfo:
+    """The ``DataInfo`` of a checkpoint's run, K resolved from its config (checkpoints before K had a home lack it)."""
+    info = state["data_info"]
+    data = DataInfo(info["num_images"], info["num_classes"], info["channels"], tuple(info["image_size"]))
+    return replace(data, clusters=resolve_clusters(config.clusters, data.num_classes, data.num_images, "the run's training data"))
 
 
-def load_model(run_dir: Path) -> tuple[Model, int]:
+def load_model(run_dir: RunDir) -> tuple[Model, int]:
     """The trained model of a run (no data read) and the epoch it reached."""
-    config, state = read_run(run_dir)
+    config, state, _ = run_dir.read()
     return _rebuild(config, state), int(state["epoch"])
+
+
+def load_parts(run_dir: RunDir) -> tuple[Parts, int]:
+    """A run's parts (data included), rebuilt from its newest checkpoint, and the epoch it reached."""
+    config, state, _ = run_dir.read()
+    parts = build_parts(config, state["normalisation"])
+    load_method_state(parts.method, state["method"])
+    return parts, int(state["epoch"])
 
 
 def load_encoder(path: Path, device: torch.device) -> Model:
     """A trained model, from a run directory or a checkpoint file, on ``device``: to encode other data with."""
-    checkpoint = path / CHECKPOINT if path.is_dir() else path
+    checkpoint = RunDir(path).checkpoint if path.is_dir() else path
     state = load_checkpoint(checkpoint)
     config = validate(state["config"], source=f"config in {checkpoint}")
     config.train.device = str(device)  # wherever it was trained, it encodes where it is needed
     return _rebuild(config, state)
 
 
+def _encoder_loader(path: Path) -> Callable[[torch.device], Model]:
+    return lambda device: load_encoder(path, device)
+
+
 def _rebuild(config: Config, state: dict) -> Model:
-    info = state["data_info"]
-    data = DataInfo(info["num_images"], info["num_classes"], info["channels"], tuple(info["image_size"]))
-    model = build_model(config, data, state["normalisation"])
+    model = build_model(config, saved_data_info(state, config), state["normalisation"])
     load_method_state(model.method, state["method"])
     return model
 
 
-def backbone_state(method_state: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
+def backbone_state(method_state: dict[str, torch.Tensor], source: RunDir | Path) -> dict[str, torch.Tensor]:
     """The backbone's weights within a checkpoint's method state (every method keeps it as ``backbone``)."""
     prefix = "backbone."
     weights = {key[len(prefix):]: value for key, value in method_state.items() if key.startswith(prefix)}
@@ -204,6 +206,7 @@ def _load_backbone(backbone: torch.nn.Module, weights: dict[str, torch.Tensor]) 
 
 def load_method_state(method: Method, state: dict[str, torch.Tensor]) -> None:
     """Load a checkpoint's weights into ``method``, or say which keys and shapes differ from it."""
+    state = _current_names(state, method.legacy_state_prefixes)
     problems = _state_differences(method.state_dict(), state)
     if problems:
         raise UserError(
@@ -211,6 +214,14 @@ def load_method_state(method: Method, state: dict[str, torch.Tensor]) -> None:
             f"{'; '.join(problems)} (was it edited, or written by another version?)"
         )
     method.load_state_dict(state)
+
+
+def _current_names(state: dict[str, torch.Tensor], legacy_prefixes: dict[str, str]) -> dict[str, torch.Tensor]:
+    renamed = {}
+    for key, value in state.items():
+        old = next((prefix for prefix in legacy_prefixes if key.startswith(prefix)), None)
+        renamed[key if old is None else legacy_prefixes[old] + key[len(old):]] = value
+    return renamed
 
 
 def _state_differences(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> list[str]:

@@ -1,121 +1,60 @@
-"""The ``clusterclr`` command line: train, evaluate, embed, export, report, cluster, assign, methods, datasets."""
+"""The ``clusterclr`` command line: train, evaluate, embed, export, report, cluster, assign, methods, datasets.
+
+A thin layer over the Python API (``clusterclr.api``) and ``commands/``:
+each handler parses, calls, and prints. Modules load inside the handlers,
+so ``clusterclr methods`` does not pay for matplotlib.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from clusterclr.errors import Interrupted, UserError
 
-if TYPE_CHECKING:
-    from clusterclr.config import Config
-
-RUNS = Path("runs")
-
 
 def _train(args: argparse.Namespace) -> int:
-    from clusterclr import distributed
-    from clusterclr.config import build_config
-    from clusterclr.train import resume_run, start_run
+    from clusterclr import api, distributed
+    from clusterclr.commands.train import run_to_resume
+    from clusterclr.configure import build_config
+    from clusterclr.rundir import RunDir
 
+    flags = _train_flags(args)
+    configured = bool(args.config or args.overrides or any(v is not None for v in flags.values()))
     with distributed.process_group():
-        run_dir = distributed.on_main_then_broadcast(_run_to_resume, args) if args.resume else None
+        run_dir = None
+        if args.resume:
+            run_dir = distributed.on_main_then_broadcast(
+                run_to_resume, args.resume, args.out, configured, lambda: build_config(args.config, flags, args.overrides)
+            )
         main = distributed.is_main()
         if run_dir is not None:
             if main:
                 print(f"resuming {run_dir}", file=sys.stderr)
-            metrics = resume_run(run_dir)
+            run = api.resume(run_dir)
         else:
-            config = build_config(args.config, _train_flags(args), args.overrides)
-            if args.out:
-                run_dir = Path(args.out)
-            else:  # rank 0's clock names the run, for every rank
-                run_dir = distributed.on_main_then_broadcast(default_run_dir, config.method.name, config.data.dataset)
+            config = build_config(args.config, flags, args.overrides)
+            # rank 0's clock names the run, for every rank
+            run_dir = RunDir(args.out) if args.out else distributed.on_main_then_broadcast(
+                RunDir.new_name, config.method.name, config.data.dataset
+            )
             if main:
                 processes = f" ({distributed.world_size()} processes)" if distributed.world_size() > 1 else ""
                 print(f"training {config.method.name} on {config.data.dataset}{processes} -> {run_dir}", file=sys.stderr)
-            metrics = start_run(config, run_dir)
+            run = api.train(config, out=run_dir)
         if main:
-            print(metrics_table(metrics))
+            print(metrics_table(run.metrics))
             print(f"run directory: {run_dir}")
             _print_report_path(run_dir)
     return 0
 
 
-def _print_report_path(run_dir: Path) -> None:
-    from clusterclr.report.write import REPORT
-
-    if (run_dir / REPORT).is_file():
-        print(f"report: {run_dir / REPORT}")
-
-
-def _run_to_resume(args: argparse.Namespace) -> Path | None:
-    """The run ``--resume`` continues; None when ``--resume auto --out DIR`` finds no run there yet (start it).
-
-    ``--resume RUN_DIR`` continues that run with its saved config.
-    ``--resume auto --out DIR`` continues DIR if it holds a run, else starts
-    one there from the other flags, so one command line serves every restart
-    of a pre-emptible job; flags given must then match the saved config.
-    ``--resume auto`` alone continues the run under runs/ with the newest checkpoint.
-    """
-    from clusterclr.build import CHECKPOINT
-    from clusterclr.config import build_config
-    from clusterclr.io import previous_checkpoint
-
-    configured = bool(args.config or args.overrides or any(v is not None for v in _train_flags(args).values()))
-    if args.resume != "auto":
-        if configured or args.out:
-            raise UserError("--resume continues a run in place with its saved config; drop --config, --out, --set and the other flags")
-        return Path(args.resume)
-    if not args.out:
-        if configured:
-            raise UserError(
-                f"--resume auto without --out continues the newest run under {RUNS}/ with its saved config; "
-                "drop --config, --set and the other flags, or name the run with --out"
-            )
-        return newest_run(RUNS)
-    run_dir = Path(args.out)
-    if not (run_dir / CHECKPOINT).exists() and not previous_checkpoint(run_dir / CHECKPOINT).exists():
-        return None
-    if configured:
-        _check_same_config(build_config(args.config, _train_flags(args), args.overrides), run_dir)
-    return run_dir
-
-
-def newest_run(runs: Path) -> Path:
-    """The run directory under ``runs`` whose checkpoint was written last."""
-    checkpoints = list(runs.glob("*/checkpoints/*.pt")) if runs.is_dir() else []
-    if not checkpoints:
-        raise UserError(f"--resume auto found no run under {runs}/ to continue; name it with --resume RUN_DIR")
-    return max(checkpoints, key=lambda path: path.stat().st_mtime).parents[1]
-
-
-def _check_same_config(config: Config, run_dir: Path) -> None:
-    from clusterclr.config import read_yaml, validate
-
-    saved = validate(read_yaml(run_dir / "config.yaml"), source=f"{run_dir / 'config.yaml'}")
-    different = _differences(saved.model_dump(mode="json"), config.model_dump(mode="json"))
-    if different:
-        raise UserError(
-            f"{run_dir} holds a run with a different config ({', '.join(different[:5])}); "
-            "give the flags it was started with, none at all, or another --out"
-        )
-
-
-def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two config trees."""
-    different = []
-    for key in sorted(set(a) | set(b)):
-        x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict):
-            different += _differences(x, y, f"{prefix}{key}.")
-        elif x != y:
-            different.append(f"{prefix}{key}")
-    return different
+def _print_report_path(run_dir) -> None:
+    if run_dir.report.is_file():
+        print(f"report: {run_dir.report}")
 
 
 def _train_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -128,116 +67,38 @@ def _train_flags(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def default_run_dir(method: str, dataset: str) -> Path:
-    return Path("runs") / f"{method}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
 def _evaluate(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run_dir)
-    if args.protocol:
-        return _evaluate_protocols(run_dir, args)
-    given = [flag for flag, dest, _ in [("--seeds", "seeds", ()), *_PROTOCOL_FLAGS] if getattr(args, dest) not in (None, [])]
-    if given:
-        raise UserError(f"{given[0]} is an option of --protocol; name the protocols to run")
-    from clusterclr.train import finish, load_run
-
-    parts, epoch = load_run(run_dir)
-    print(f"evaluating {run_dir} at epoch {epoch}/{parts.config.train.epochs}", file=sys.stderr)
-    print(metrics_table(finish(parts, run_dir, epoch)))
-    return 0
-
-
-# (flag, argparse dest, the protocols it applies to)
-_PROTOCOL_FLAGS = [
-    ("--knn-k", "knn_k", ("knn", "transfer")),
-    ("--knn-temperature", "knn_temperature", ("knn", "transfer")),
-    ("--clusters", "clusters", ("kmeans",)),
-    ("--weight-decays", "weight_decays", ("linear", "transfer")),
-    ("--semi-fractions", "semi_fractions", ("semi",)),
-    ("--semi-epochs", "semi_epochs", ("semi",)),
-    ("--semi-lr", "semi_lr", ("semi",)),
-    ("--semi-batch-size", "semi_batch_size", ("semi",)),
-    ("--data-config", "data_config", ("transfer",)),
-    ("--set", "overrides", ("transfer",)),
-]
-
-
-def _evaluate_protocols(run_dir: Path, args: argparse.Namespace) -> int:
-    from clusterclr.evaluate.protocols import evaluate_protocols
+    from clusterclr import api
+    from clusterclr.commands.evaluate import checked_seeds, given_protocol_flags, protocol_options
     from clusterclr.evaluate.results import results_table
 
+    run = api.Run(args.run_dir)
+    if not args.protocol:
+        given = given_protocol_flags(args)
+        if given:
+            raise UserError(f"{given[0]} is an option of --protocol; name the protocols to run")
+        print(f"evaluating {run.directory} at epoch {run.epoch}/{run.config.train.epochs}", file=sys.stderr)
+        print(metrics_table(run.evaluate()))
+        return 0
     names = list(dict.fromkeys(args.protocol))
-    options = _protocol_options(args, names)
-    seeds = args.seeds or [0]
-    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise UserError(f"--seeds must be distinct non-negative integers, got {' '.join(map(str, seeds))}")
-    print(f"evaluating {run_dir}: {', '.join(names)} (seeds {' '.join(map(str, seeds))})", file=sys.stderr)
-    sections = evaluate_protocols(run_dir, names, seeds, options)
-    print(results_table(sections))
-    print(f"results merged into {run_dir / 'metrics.json'}")
+    options = protocol_options(args, names)
+    seeds = checked_seeds(args.seeds)
+    print(f"evaluating {run.directory}: {', '.join(names)} (seeds {' '.join(map(str, seeds))})", file=sys.stderr)
+    print(results_table(run.evaluate(names, seeds, options)))
+    print(f"results merged into {run.directory.metrics}")
     return 0
-
-
-def _protocol_options(args: argparse.Namespace, names: list[str]):
-    """The protocols' options from the flags, each checked here, before any data or model is loaded."""
-    from clusterclr.evaluate.finetune import FinetuneOptions
-    from clusterclr.evaluate.protocols.options import ProtocolOptions
-
-    for flag, dest, protocols in _PROTOCOL_FLAGS:
-        if getattr(args, dest) not in (None, []) and not set(protocols) & set(names):
-            raise UserError(f"{flag} applies to --protocol {' or '.join(protocols)}, which is not being run")
-    positive = {
-        "--knn-k": args.knn_k, "--clusters": args.clusters, "--semi-epochs": args.semi_epochs,
-        "--semi-batch-size": args.semi_batch_size, "--knn-temperature": args.knn_temperature,
-        "--semi-lr": args.semi_lr, "--weight-decays": args.weight_decays,
-    }
-    for flag, value in positive.items():
-        values = value if isinstance(value, list) else [value]
-        if any(v is not None and not v > 0 for v in values):
-            raise UserError(f"{flag} must be positive, got {' '.join(map(str, values))}")
-    if args.semi_fractions and not all(0 < f <= 1 for f in args.semi_fractions):
-        raise UserError(f"--semi-fractions must lie in (0, 1], e.g. 0.01 0.1; got {' '.join(map(str, args.semi_fractions))}")
-    if args.semi_batch_size == 1:
-        raise UserError("--semi-batch-size must be at least 2 (batch norm trains on batches)")
-    defaults = FinetuneOptions()
-    finetune = FinetuneOptions(
-        epochs=args.semi_epochs or defaults.epochs,
-        lr=args.semi_lr or defaults.lr,
-        batch_size=args.semi_batch_size or defaults.batch_size,
-    )
-    given = {
-        "knn_k": tuple(args.knn_k) if args.knn_k else None,
-        "knn_temperature": args.knn_temperature,
-        "clusters": tuple(args.clusters) if args.clusters else None,
-        "weight_decays": tuple(args.weight_decays) if args.weight_decays else None,
-        "semi_fractions": tuple(args.semi_fractions) if args.semi_fractions else None,
-        "transfer_data": _transfer_data(args) if "transfer" in names else None,
-    }
-    return ProtocolOptions(finetune=finetune, **{key: value for key, value in given.items() if value is not None})
-
-
-def _transfer_data(args: argparse.Namespace):
-    """Data set B of --protocol transfer: the data section of --data-config, then --set data.KEY=VALUE."""
-    from clusterclr.config import build_config
-
-    if not args.data_config and not args.overrides:
-        raise UserError("--protocol transfer needs data set B: --set data.dataset=NAME [data.root=PATH] or --data-config FILE")
-    outside = [text for text in args.overrides if not text.startswith("data.")]
-    if outside:
-        raise UserError(f"--set here names data set B only (data.KEY=VALUE), got {outside[0]}")
-    return build_config(args.data_config, None, args.overrides).data
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from clusterclr.build import load_model
-    from clusterclr.evaluate.export import embed_to_files
+    from clusterclr import api
+    from clusterclr.commands.embed import embed_to_files
 
     out = Path(args.out)
     if out.suffix != ".npy":
         raise UserError(f"--out must name a .npy file, got {out}")
     if args.data_root and not args.dataset:
         raise UserError("--data-root needs --dataset (without it the run's own data set is embedded)")
-    model, _ = load_model(Path(args.run_dir))
+    model = api.load(args.run_dir).model
     dataset = args.dataset or model.config.data.dataset
     root = args.data_root if args.dataset else model.config.data.root
     rows = embed_to_files(model, dataset, root, args.split, out, args.clusters)
@@ -246,31 +107,28 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from clusterclr.build import load_model
-    from clusterclr.export import export_model, preprocessing_path
+    from clusterclr import api
+    from clusterclr.export import preprocessing_path
 
-    out = Path(args.out)
-    model, epoch = load_model(Path(args.run_dir))
-    export_model(model, epoch, args.format, out)
-    print(f"wrote the {model.config.method.name} encoder (epoch {epoch}) to {out} and its preprocessing to {preprocessing_path(out)}")
+    run = api.load(args.run_dir)
+    out = run.export(args.out, args.format)
+    print(f"wrote the {run.config.method.name} encoder (epoch {run.epoch}) to {out} and its preprocessing to {preprocessing_path(out)}")
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from clusterclr.report.run import report_run
-    from clusterclr.train import load_run
+    from clusterclr import api
 
-    run_dir = Path(args.run_dir)
-    parts, epoch = load_run(run_dir)
-    print(f"reporting {run_dir} at epoch {epoch}", file=sys.stderr)
-    print(f"report: {report_run(parts, run_dir, epoch)}")
+    run = api.Run(args.run_dir)
+    print(f"reporting {run.directory} at epoch {run.epoch}", file=sys.stderr)
+    print(f"report: {run.report()}")
     return 0
 
 
 def _cluster(args: argparse.Namespace) -> int:
-    from clusterclr.cluster_folder import ClusterRequest, cluster_folder, resume_cluster_folder
+    from clusterclr import api
+    from clusterclr.rundir import RunDir
 
-    copy_to = Path(args.copy_to) if args.copy_to else None
     if args.resume:
         given = [flag for flag, value in (("FOLDER", args.folder), ("--clusters", args.clusters), ("--method", args.method),
                  ("--init", args.init), ("--epochs", args.epochs), ("--out", args.out), ("--config", args.config),
@@ -278,44 +136,34 @@ def _cluster(args: argparse.Namespace) -> int:
         if given:
             raise UserError(f"--resume finishes a cluster run with its saved settings; drop {', '.join(given)} (only --copy-to may be added)")
         print(f"finishing the cluster run in {args.resume}", file=sys.stderr)
-        result = resume_cluster_folder(Path(args.resume), copy_to)
+        result = api.finish_cluster(args.resume, args.copy_to)
     else:
         if args.folder is None or args.clusters is None:
             raise UserError("give the image FOLDER and --clusters K (or --resume RUN_DIR to finish an interrupted run)")
         folder = Path(args.folder)
-        out = Path(args.out) if args.out else RUNS / f"cluster-{folder.absolute().name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        request = ClusterRequest(
-            folder=folder,
-            clusters=args.clusters,
-            out=out,
-            method=args.method,
-            init=Path(args.init) if args.init else None,
-            epochs=args.epochs,
-            copy_to=copy_to,
-            config_file=args.config,
-            seed=args.seed,
-            overrides=args.overrides,
-        )
+        out = RunDir(args.out) if args.out else RunDir.new_name("cluster", folder.absolute().name)
         print(f"clustering {folder} into {args.clusters} clusters -> {out}", file=sys.stderr)
-        result = cluster_folder(request)
-    sizes = result.assignments.sizes()
-    print(f"{len(result.paths)} images in {len(sizes)} clusters by {result.assignments.by}; sizes: {' '.join(map(str, sizes))}")
-    print(f"clusters: {result.csv}")
-    print(f"report: {result.report}")
-    if copy_to is not None:
-        print(f"copies: {copy_to}/cluster_*/")
+        result = api.cluster(
+            folder, args.clusters, out=out, method=args.method, init=args.init, epochs=args.epochs,
+            copy_to=args.copy_to, config=args.config, seed=args.seed, overrides=args.overrides,
+        )
+    sizes = result.sizes()
+    print(f"{len(result.paths)} images in {len(sizes)} clusters by {result.by}; sizes: {' '.join(map(str, sizes))}")
+    print(f"clusters: {result.run.directory.clusters_csv}")
+    print(f"report: {result.run.directory.report}")
+    if args.copy_to is not None:
+        print(f"copies: {Path(args.copy_to)}/cluster_*/")
     return 0
 
 
 def _assign(args: argparse.Namespace) -> int:
-    from clusterclr.assign import assign_images
-    from clusterclr.clustering.assignments import assignments_csv
+    from clusterclr import api
     from clusterclr.io import write_text
 
-    paths, assignments = assign_images(Path(args.run_dir), args.images)
-    table = assignments_csv([str(p) for p in paths], assignments)
+    found = api.load(args.run_dir).assign(args.images)
+    table = found.csv()
     if args.out:
-        print(f"assigned {len(paths)} images by {assignments.by} -> {write_text(args.out, table)}", file=sys.stderr)
+        print(f"assigned {len(found.paths)} images by {found.by} -> {write_text(args.out, table)}", file=sys.stderr)
     else:
         sys.stdout.write(table)
     return 0
@@ -341,7 +189,7 @@ def _datasets(args: argparse.Namespace) -> int:
 
 
 def metrics_table(metrics: dict[str, Any]) -> str:
-    from clusterclr.evaluate.protocol import HEADLINE_KEYS
+    from clusterclr.evaluate.standard import HEADLINE_KEYS
 
     rows = [(key, metrics[key]) for key in HEADLINE_KEYS if key in metrics]
     split = metrics.get("eval_split")
@@ -357,7 +205,7 @@ def metrics_table(metrics: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from clusterclr import __version__
+    from clusterclr.version import __version__
 
     parser = argparse.ArgumentParser(prog="clusterclr", description=__doc__)
     parser.add_argument("--version", action="version", version=f"clusterclr {__version__}")
@@ -408,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--data-root", help="where that data set's files are")
     embed.add_argument("--split", choices=["train", "test", "unlabeled", "all"], default="all",
                        help="which of the data set's own splits, in file order (default: all of them)")
-    embed.add_argument("--clusters", type=int, help="k for k-means (default: the run's number of classes or eval.clusters)")
+    embed.add_argument("--clusters", type=int, help="k for k-means (default: the run's number of clusters)")
     embed.add_argument("--out", required=True, help="output FILE.npy; the CSV goes beside it")
     embed.set_defaults(handler=_embed)
 

@@ -1,4 +1,4 @@
-"""Typed, validated configuration.
+"""The configuration schema, and how a run's configuration tree is layered from its sources.
 
 A run's configuration is built in layers, each overriding the one before:
 
@@ -8,16 +8,16 @@ A run's configuration is built in layers, each overriding the one before:
 4. the CLI's named flags (``--method``, ``--epochs``, ...),
 5. ``--set key.path=value`` overrides (values parsed as YAML).
 
-Unknown keys, wrong types and impossible values are rejected with a message
-naming the key. The method's own options (``method.*``) are validated by the
-method's ``Options`` model from the registry.
+This module only declares the sections and layers the tree (``layer``);
+``clusterclr.configure`` validates it into a ``Config``, including the
+method's own options, which each method declares as a ``MethodOptions``.
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -28,8 +28,9 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
-    ValidationError,
+    PrivateAttr,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -59,7 +60,10 @@ class DataConfig(_Section):
 
 
 class AugmentConfig(_Section):
-    """``preset`` picks a recipe (see ``clusterclr.augment``); any field set here overrides it."""
+    """How views are made. ``preset`` picks a recipe (``clusterclr.augment.PRESETS``); a field set here overrides it.
+
+    ``clusterclr.augment.recipe_for`` returns a copy with every field filled.
+    """
 
     preset: Literal["auto", "small", "cifar", "imagenet"] = "auto"
     crop_scale: tuple[float, float] | None = None
@@ -85,9 +89,6 @@ class AugmentConfig(_Section):
             raise ValueError(f"crop_scale must lie in (0, 1], got {list(self.crop_scale)}")
         return self
 
-    def overrides(self) -> dict[str, Any]:
-        return {k: v for k, v in self.model_dump(exclude={"preset"}).items() if v is not None}
-
 
 class ModelConfig(_Section):
     backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
@@ -96,14 +97,49 @@ class ModelConfig(_Section):
     width: PositiveFloat = 0.25
 
 
+class MethodOptions(BaseModel):
+    """Base for a method's options (the ``method:`` section of a config, besides ``name``).
+
+    ``renamed`` maps option names a method used to have to their current
+    names; ``configure`` moves an old key to its new name with a warning.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    renamed: ClassVar[dict[str, str]] = {}
+
+
 class MethodConfig(BaseModel):
-    """``name`` picks a registered method; the other keys are that method's options."""
+    """``name`` picks a registered method; the other keys are that method's options.
+
+    The options are validated once, by ``configure.validate``, against the
+    method's own ``Options`` model; ``options`` is that typed instance, and it
+    is what the saved config writes out (every default filled in).
+    """
 
     model_config = ConfigDict(extra="allow")
     name: str = "simclr"
+    _options: MethodOptions | None = PrivateAttr(default=None)
 
-    def options(self) -> dict[str, Any]:
+    @property
+    def options(self) -> MethodOptions:
+        if self._options is None:
+            raise RuntimeError("method options are typed by clusterclr.configure.validate; build the Config through it")
+        return self._options
+
+    def given(self) -> dict[str, Any]:
+        """The option keys as written in the config tree, before validation."""
         return dict(self.model_extra or {})
+
+    def set_options(self, options: MethodOptions) -> None:
+        self._options = options
+        self.__pydantic_extra__ = {}
+
+    @model_serializer(mode="wrap")
+    def _with_options(self, handler: Any, info: Any) -> dict[str, Any]:
+        dumped = handler(self)
+        if self._options is not None:
+            dumped.update(self._options.model_dump(mode=info.mode))
+        return dumped
 
 
 class OptimConfig(_Section):
@@ -150,8 +186,6 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     knn_k: PositiveInt = 20
     knn_temperature: PositiveFloat = 0.07
-    # Clusters for k-means; None means the number of classes (required for unlabelled data).
-    clusters: PositiveInt | None = None
     # Bounded: faiss takes C ints, and beyond these a run only burns time.
     kmeans_restarts: int = Field(3, ge=1, le=1000)
     kmeans_iterations: int = Field(50, ge=1, le=100_000)
@@ -187,6 +221,9 @@ class PositivesConfig(_Section):
 
 class Config(_Section):
     seed: int = Field(0, ge=0, lt=2**31)
+    # K, the number of clusters: evaluation's k-means, a method's cluster head, the default of a
+    # method's own clustering granularity. None: the number of classes (required for unlabelled data).
+    clusters: PositiveInt | None = None
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
     model: ModelConfig = ModelConfig()
@@ -208,6 +245,32 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": {"augment": {"flip_prob": 0.0}},
     "mnist": {"augment": {"flip_prob": 0.0}},
 }
+
+
+def layer(
+    config_file: str | Path | dict[str, Any] | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
+    """The configuration tree: data set defaults, then the file, the flags and the ``--set`` overrides.
+
+    ``config_file`` is a YAML path or an already-read mapping. ``flags`` maps
+    dotted keys to values (``{"train.epochs": 5}``); None values are ignored.
+    The schema's own defaults fill in the rest at validation.
+    """
+    if isinstance(config_file, dict):
+        user = copy.deepcopy(config_file)
+    else:
+        user = read_yaml(config_file) if config_file else {}
+    for key, value in (flags or {}).items():
+        if value is not None:
+            _set_path(user, key.split("."), value)
+    for text in overrides or []:
+        path, value = parse_override(text)
+        _set_path(user, path, value)
+    data = user.get("data")
+    dataset = data.get("dataset", DataConfig().dataset) if isinstance(data, dict) else DataConfig().dataset
+    return merge(DATASET_DEFAULTS.get(str(dataset), {}), user)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -255,84 +318,3 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(tree, dict):
         raise UserError(f"config file {path} must hold a mapping of sections, got {type(tree).__name__}")
     return tree
-
-
-def validate(tree: dict[str, Any], source: str = "config") -> Config:
-    try:
-        config = Config.model_validate(tree)
-    except ValidationError as err:
-        raise UserError(f"{source}: {format_validation_error(err)}") from None
-    _validate_method_options(config, source)
-    _validate_positives(config, source)
-    return config
-
-
-def _validate_method_options(config: Config, source: str) -> None:
-    from clusterclr.methods.registry import get_method  # the methods import this module
-
-    method = get_method(config.method.name)
-    try:
-        options = method.Options.model_validate(config.method.options())
-    except ValidationError as err:
-        raise UserError(f"{source}: {format_validation_error(err, prefix='method.')}") from None
-    # Keep every option, defaults included, so the saved config is complete.
-    config.method.__pydantic_extra__ = options.model_dump(mode="json")
-
-
-def _validate_positives(config: Config, source: str) -> None:
-    from clusterclr.methods.registry import get_method
-    from clusterclr.positives.sampler import SemanticPositives
-
-    takes_positives = issubclass(get_method(config.method.name), SemanticPositives)
-    if config.positives is None:
-        if takes_positives:
-            config.positives = PositivesConfig()
-    elif not takes_positives:
-        keys = ", ".join(f"positives.{k}" for k in sorted(config.positives.model_fields_set)) or "positives"
-        raise UserError(
-            f"{source}: {keys} is set but method '{config.method.name}' takes no semantic positives; "
-            f"remove it or use a sepp_* method"
-        )
-
-
-def format_validation_error(err: ValidationError, prefix: str = "") -> str:
-    problems = []
-    for e in err.errors():
-        key = prefix + ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            problems.append(f"unknown key '{key}'")
-        else:
-            message = e["msg"].removeprefix("Value error, ")
-            given = e.get("input")
-            # A whole section as "input" says nothing the message doesn't.
-            shown = repr(given)
-            # A huge value (a YAML alias bomb, a pasted array) is named, not echoed.
-            shown = shown if len(shown) <= 80 else shown[:60] + f"... ({len(shown)} characters)"
-            problems.append(f"'{key}': {message}" + ("" if isinstance(given, dict) else f" (got {shown})"))
-    return "; ".join(problems)
-
-
-def build_config(
-    config_file: str | Path | dict[str, Any] | None = None,
-    flags: dict[str, Any] | None = None,
-    overrides: list[str] | None = None,
-) -> Config:
-    """Layer defaults, data set defaults, file, flags and ``--set`` overrides, then validate.
-
-    ``config_file`` is a YAML path or an already-read mapping. ``flags`` maps
-    dotted keys to values (``{"train.epochs": 5}``); None values are ignored.
-    """
-    if isinstance(config_file, dict):
-        user = copy.deepcopy(config_file)
-    else:
-        user = read_yaml(config_file) if config_file else {}
-    for key, value in (flags or {}).items():
-        if value is not None:
-            _set_path(user, key.split("."), value)
-    for text in overrides or []:
-        path, value = parse_override(text)
-        _set_path(user, path, value)
-    data = user.get("data")
-    dataset = data.get("dataset", DataConfig().dataset) if isinstance(data, dict) else DataConfig().dataset
-    tree = merge(DATASET_DEFAULTS.get(str(dataset), {}), user)
-    return validate(tree)

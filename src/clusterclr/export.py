@@ -30,9 +30,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from clusterclr.build import Model, resolve_stem
+from clusterclr.build import Model
 from clusterclr.errors import UserError
 from clusterclr.io import atomic_write, save_safetensors, write_json
+from clusterclr.models.backbones import resolve_stem
+from clusterclr.version import __version__
 
 FORMATS = {"safetensors": ".safetensors", "torchscript": ".pt", "onnx": ".onnx"}
 ONNX_OPSET = 17
@@ -65,8 +67,6 @@ class Encoder(nn.Module):
 
 def preprocessing(model: Model, encoder: Encoder, epoch: int, fmt: str, file: Path) -> dict[str, Any]:
     """How to feed the exported model and what it returns."""
-    from clusterclr import __version__
-
     data, cfg = model.method.data, model.config
     outputs: dict[str, Any] = {"features": {"dim": encoder.backbone.feature_dim}}
     if encoder.head is not None:

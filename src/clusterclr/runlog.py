@@ -15,17 +15,20 @@ from clusterclr.io import write_text
 
 
 class RunLog:
-    def __init__(self, run_dir: Path, keep_until_step: int | None = None, epoch_start_redone: bool = True) -> None:
-        """Append to the run's log; lines past ``keep_until_step`` are dropped first (a resumed run redoes them).
+    def __init__(
+        self, path: Path, tensorboard: Path, keep_until_step: int | None = None, epoch_start_redone: bool = True
+    ) -> None:
+        """Append to the log at ``path`` (and TensorBoard's files in ``tensorboard``); lines past
+        ``keep_until_step`` are dropped first (a resumed run redoes them).
 
         ``epoch_start_redone``: whether the resumed run starts by opening an
         epoch (it resumes at an epoch boundary), so that the "method" lines
         logged at ``keep_until_step`` are redone too.
         """
-        self.path = run_dir / "metrics.jsonl"
+        self.path = path
         if keep_until_step is not None and self.path.exists():
             kept = [
-                r for r in read_log(run_dir)
+                r for r in read_log(path)
                 if r["step"] < keep_until_step
                 or (r["step"] == keep_until_step and not (epoch_start_redone and r["kind"] == "method"))
             ]
@@ -34,7 +37,7 @@ class RunLog:
             self._file = self.path.open("a", encoding="utf-8")
         except OSError as err:
             raise UserError(f"cannot write {self.path}: {err.strerror or err}") from None
-        self._tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=keep_until_step)
+        self._tensorboard = SummaryWriter(log_dir=str(tensorboard), purge_step=keep_until_step)
 
     def write(self, kind: str, step: int, values: dict[str, Any]) -> None:
         """Append ``values`` for ``kind`` (step / epoch / eval / method) at global ``step``."""
@@ -57,8 +60,8 @@ class RunLog:
             raise UserError(f"cannot write {self.path}: {err.strerror or err}") from None
 
 
-def read_log(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The records of the log at ``path`` (a run directory's ``metrics.jsonl``); none if it does not exist."""
     if not path.is_file():
         return []
     records = []

@@ -4,8 +4,8 @@ A method with a cluster head assigns by the head: the most probable cluster,
 with that probability as the confidence. Any other method assigns by
 k-means on L2-normalised features: the nearest centroid, with the cosine
 similarity to it as the confidence. The k-means centroids of a run are kept
-in ``RUN_DIR/centroids.npy`` so that images never seen in training can be
-assigned later (``clusterclr assign``) without the training data.
+in the run directory (``RunDir.centroids``) so that images never seen in
+training can be assigned later (``clusterclr assign``) without the training data.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ import torch.nn.functional as F
 from clusterclr.clustering.kmeans import assign
 from clusterclr.errors import UserError
 from clusterclr.io import atomic_write
-
-CENTROIDS = "centroids.npy"
 
 
 @dataclass(frozen=True)
@@ -54,16 +52,16 @@ def assign_to_clusters(
     return ClusterAssignments(cluster, confidence, "k-means", len(centroids))
 
 
-def save_centroids(run_dir: Path, centroids: np.ndarray) -> Path:
+def save_centroids(path: Path, centroids: np.ndarray) -> Path:
     array = np.ascontiguousarray(centroids, dtype=np.float32)
-    return atomic_write(run_dir / CENTROIDS, lambda f: np.save(f, array))
+    return atomic_write(path, lambda f: np.save(f, array))
 
 
-def load_centroids(run_dir: Path, dim: int) -> np.ndarray:
-    path = run_dir / CENTROIDS
+def load_centroids(path: Path, dim: int) -> np.ndarray:
+    """The K × ``dim`` centroids saved at ``path`` (a run directory's ``centroids.npy``)."""
     if not path.is_file():
         raise UserError(
-            f"{run_dir} has no saved k-means centroids ({CENTROIDS}); write them with `clusterclr report {run_dir}`"
+            f"{path.parent} has no saved k-means centroids ({path.name}); write them with `clusterclr report {path.parent}`"
         )
     try:
         centroids = np.load(path, allow_pickle=False)

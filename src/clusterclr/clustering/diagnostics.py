@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from clusterclr.evaluate.metrics import nmi
+from clusterclr.clustering.metrics import nmi
 
 
 def pseudo_label_report(labels: torch.Tensor, num_clusters: int, true_labels: torch.Tensor | None) -> dict[str, Any]:

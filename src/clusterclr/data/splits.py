@@ -23,6 +23,8 @@ class DataSplits:
     and removed from ``train`` and ``bank``), or "train" (unlabelled data
     without a test split: nothing can be scored, so nothing is held back).
     skipped: files left out because they could not be read (``data.skip_bad``).
+    read: the training split as read, in file order, before any of it is held
+    out (``clusterclr cluster`` groups every image of a folder).
     """
 
     name: str
@@ -31,6 +33,7 @@ class DataSplits:
     test: ImageDataset
     eval_split: str
     skipped: tuple[BadFile, ...] = ()
+    read: ImageDataset | None = None
 
     @property
     def labelled(self) -> bool:
@@ -86,7 +89,10 @@ def load_splits(cfg: DataConfig) -> DataSplits:
         kept, held = holdout_indices(raw.train, cfg.holdout_fraction, cfg.split_seed)
         labelled_train, test, eval_split = raw.train.subset(kept), raw.train.subset(held), "holdout"
     train = labelled_train if raw.unlabeled is None else concat([labelled_train, raw.unlabeled])
-    splits = [train, labelled_train, test]
+    splits = [train, labelled_train, test, raw.train]
     if cfg.image_size is not None:
-        splits = [resize(d, cfg.image_size) for d in splits]
-    return DataSplits(cfg.dataset, *splits, eval_split=eval_split, skipped=raw.bad_files)
+        # Resized once per distinct split: without a holdout, train, bank and read are one data set.
+        resized = {id(d): resize(d, cfg.image_size) for d in splits}
+        splits = [resized[id(d)] for d in splits]
+    train, bank, test, read = splits
+    return DataSplits(cfg.dataset, train, bank, test, eval_split=eval_split, skipped=raw.bad_files, read=read)

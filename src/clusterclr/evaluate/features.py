@@ -1,4 +1,4 @@
-"""Frozen features (and cluster-head assignments) of a whole split."""
+"""Frozen features (and cluster-head assignments) of a whole data set, as every evaluation computes them."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from clusterclr.augment import ViewMaker
+from clusterclr.build import Model
 from clusterclr.data.base import ImageDataset
-from clusterclr.methods.base import Method
 
 
 @dataclass
@@ -19,21 +18,16 @@ class Embeddings:
 
 
 @torch.no_grad()
-def embed_dataset(
-    method: Method,
-    views: ViewMaker,
-    dataset: ImageDataset,
-    device: torch.device,
-    batch_size: int,
-    autocast_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-) -> Embeddings:
+def embed(model: Model, dataset: ImageDataset) -> Embeddings:
+    """The backbone features of ``dataset``'s clean views, in eval mode, batched as ``eval.batch_size``."""
+    method, cfg = model.method, model.config
     was_training = method.training
     method.eval()
     features, probabilities = [], []
-    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    dtype = model.autocast_dtype
+    autocast = torch.autocast(model.device.type, dtype=dtype) if dtype else nullcontext()
     try:
-        for x in views.clean_batches(dataset.images, batch_size, device, channels_last):
+        for x in model.views.clean_batches(dataset.images, cfg.eval.batch_size, model.device, cfg.train.channels_last):
             with autocast:
                 h = method.embed(x)
                 p = method.cluster_probabilities(h)

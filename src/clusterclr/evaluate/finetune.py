@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from clusterclr.augment import ViewMaker, ViewRecipe
+from clusterclr.augment import ViewMaker, recipe_for
 from clusterclr.build import Model
+from clusterclr.config import AugmentConfig
 from clusterclr.data.base import ImageDataset
-from clusterclr.evaluate.features import embed_dataset
-from clusterclr.evaluate.linear import fit_logistic, select_weight_decay
-from clusterclr.evaluate.metrics import topk_accuracy
+from clusterclr.evaluate.features import embed
+from clusterclr.evaluate.linear import fit_logistic, select_weight_decay, topk_accuracy
 
 # Milder than the contrastive views: the labels must survive the augmentation.
 CROP_SCALE = (0.5, 1.0)
@@ -54,9 +54,7 @@ def finetune(
     progress: bool = True,
 ) -> dict[str, float]:
     """Test top-1 after fine-tuning on ``labelled``, and ``probe_top1``: the starting head's, frozen backbone."""
-    common = dict(views=model.views, device=model.device, batch_size=model.config.eval.batch_size,
-                  autocast_dtype=model.autocast_dtype)
-    features = embed_dataset(model.method, dataset=labelled, **common).features
+    features = embed(model, labelled).features
     weight_decay = select_weight_decay(features, labelled.labels, num_classes, seed)
     weight, bias = fit_logistic(features, labelled.labels, num_classes, weight_decay).folded()
     head = nn.Linear(weight.shape[1], num_classes)
@@ -73,8 +71,9 @@ def _train(
     classifier: Classifier, model: Model, labelled: ImageDataset, options: FinetuneOptions, seed: int, progress: bool
 ) -> None:
     flips = model.views.recipe.flip_prob
-    recipe = ViewRecipe(crop_scale=CROP_SCALE, flip_prob=flips, jitter_prob=0.0, grayscale_prob=0.0)
     height, width = labelled.image_size
+    plain_crops = AugmentConfig(preset="cifar", crop_scale=CROP_SCALE, flip_prob=flips, jitter_prob=0.0, grayscale_prob=0.0)
+    recipe = recipe_for(plain_crops, min(height, width))
     augment = ViewMaker(recipe, (height, width), labelled.channels, tuple(model.normalisation["mean"]),
                         tuple(model.normalisation["std"])).to(model.device)
     batch_size = min(options.batch_size, len(labelled))

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clusterclr.evaluate.metrics import topk_accuracy
 from clusterclr.evaluate.subsets import stratified_split
 
 WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -104,3 +104,11 @@ def linear_probe(
         "top5": topk_accuracy(scores, labels, 5),
         "weight_decay": weight_decay,
     }
+
+
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of rows of ``scores`` (N × C) whose ``k`` highest entries include the label (k clipped to C)."""
+    scores, labels = np.asarray(scores), np.asarray(labels)
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return float((top == labels[:, None]).any(axis=1).mean())

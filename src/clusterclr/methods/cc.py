@@ -3,29 +3,21 @@
 from __future__ import annotations
 
 import torch
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
+from torch import nn
 
 from clusterclr import distributed
+from clusterclr.config import MethodOptions
 from clusterclr.losses.cluster_contrast import cluster_contrast
-from clusterclr.methods.base import (
-    Batch,
-    DataInfo,
-    GlobalViews,
-    Method,
-    MethodOptions,
-    StepOutput,
-    cluster_count,
-    clusters_used,
-    normalised_std,
-)
+from clusterclr.methods.base import Batch, DataInfo, Method, StepOutput
+from clusterclr.methods.diagnostics import clusters_used, normalised_std
+from clusterclr.methods.global_views import GlobalViews
 from clusterclr.methods.registry import register_method
-from clusterclr.models.backbones import ResNet
 from clusterclr.models.cluster_heads import SoftmaxClusterHead
-from clusterclr.models.heads import MLPHead
+from clusterclr.models.heads import CCInstanceProjector
 
 
 class CCOptions(MethodOptions):
-    clusters: int | None = Field(None, ge=2)  # default: the number of classes
     instance_temperature: PositiveFloat = 0.5
     cluster_temperature: PositiveFloat = 1.0
     projection_hidden_dim: PositiveInt = 512
@@ -42,12 +34,10 @@ class ContrastiveClustering(Method):
     Options = CCOptions
     cluster_head_attribute = "cluster_head"
 
-    def __init__(self, backbone: ResNet, options: CCOptions, data: DataInfo) -> None:
-        super().__init__(backbone, options, data)
-        self.projector = MLPHead(backbone.feature_dim, options.projection_hidden_dim, options.projection_dim, hidden_bn=False)
-        self.cluster_head = SoftmaxClusterHead(
-            backbone.feature_dim, options.cluster_hidden_dim, cluster_count(options.clusters, data)
-        )
+    def __init__(self, backbone: nn.Module, options: CCOptions, data: DataInfo, gather_negatives: bool = True) -> None:
+        super().__init__(backbone, options, data, gather_negatives)
+        self.projector = CCInstanceProjector(backbone.feature_dim, options.projection_hidden_dim, options.projection_dim)
+        self.cluster_head = SoftmaxClusterHead(backbone.feature_dim, options.cluster_hidden_dim, data.required_clusters())
 
     def training_step(self, batch: Batch) -> StepOutput:
         o = self.options

@@ -21,32 +21,24 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from torch import nn
 
 from clusterclr import distributed
 from clusterclr.clustering.kmeans import kmeans
+from clusterclr.config import MethodOptions
 from clusterclr.losses.cluster_contrast import marginal_entropy_gap
 from clusterclr.losses.dec import anchor_loss, clustering_loss
-from clusterclr.methods.base import (
-    Batch,
-    DataInfo,
-    GlobalViews,
-    Method,
-    MethodOptions,
-    StepOutput,
-    TrainingImages,
-    cluster_count,
-    clusters_used,
-    normalised_std,
-)
+from clusterclr.methods.base import Batch, DataInfo, Method, StepOutput
+from clusterclr.methods.diagnostics import clusters_used, normalised_std
+from clusterclr.methods.global_views import GlobalViews
 from clusterclr.methods.registry import register_method
-from clusterclr.models.backbones import ResNet
+from clusterclr.methods.training_images import TrainingImages
 from clusterclr.models.cluster_heads import StudentTCentres
-from clusterclr.models.heads import MLPHead
+from clusterclr.models.heads import SimCLRProjector
 
 
 class CenterPredictorOptions(MethodOptions):
-    clusters: int | None = Field(None, ge=2)  # default: the number of classes
     temperature: PositiveFloat = 0.5
     projection_hidden_dim: PositiveInt = 512
     projection_dim: PositiveInt = 128
@@ -75,10 +67,12 @@ class CenterPredictor(Method):
     needs_clean_view = True
     has_idle_parameters = True  # the centres, before they are set
 
-    def __init__(self, backbone: ResNet, options: CenterPredictorOptions, data: DataInfo) -> None:
-        super().__init__(backbone, options, data)
-        self.projector = MLPHead(backbone.feature_dim, options.projection_hidden_dim, options.projection_dim)
-        self.centres = StudentTCentres(cluster_count(options.clusters, data), backbone.feature_dim, options.student_t_alpha)
+    def __init__(
+        self, backbone: nn.Module, options: CenterPredictorOptions, data: DataInfo, gather_negatives: bool = True
+    ) -> None:
+        super().__init__(backbone, options, data, gather_negatives)
+        self.projector = SimCLRProjector(backbone.feature_dim, options.projection_hidden_dim, options.projection_dim)
+        self.centres = StudentTCentres(data.required_clusters(), backbone.feature_dim, options.student_t_alpha)
         self._clustering: bool | None = None  # mirrors centres.initialised without a host sync per step
 
     def on_epoch_start(self, epoch: int, images: TrainingImages) -> dict[str, Any]:

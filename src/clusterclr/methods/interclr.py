@@ -18,27 +18,29 @@ centroids are recomputed, small clusters dissolved and empty ones refilled.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from torch import nn
 
 from clusterclr import distributed
 from clusterclr.clustering.diagnostics import pseudo_label_report
+from clusterclr.errors import UserError
 from clusterclr.losses.inter_image import margin_info_nce
 from clusterclr.memory.bank import MemoryBank
-from clusterclr.errors import UserError
-from clusterclr.methods.base import Batch, DataInfo, StepOutput, TrainingImages, normalised_std
+from clusterclr.methods.base import Batch, DataInfo, StepOutput
+from clusterclr.methods.diagnostics import normalised_std
 from clusterclr.methods.moco_v2 import MoCoV2, MoCoV2Options
 from clusterclr.methods.registry import register_method
-from clusterclr.models.backbones import ResNet
+from clusterclr.methods.training_images import TrainingImages
 from clusterclr.positives.cluster_mates import cluster_mates, semi_hard_negatives
 
 
 class InterCLROptions(MoCoV2Options):
-    # Pseudo-label clusters; default: the number of classes; the paper: 10,000 on ImageNet. Not a cluster
-    # head: evaluation k-means keeps eval.clusters (default: the number of classes).
-    num_clusters: int | None = Field(None, ge=2)
+    renamed: ClassVar[dict[str, str]] = {"num_clusters": "pseudo_label_clusters"}
+    # The bank's online clustering; default: K (``clusters``); the paper: 10,000 on ImageNet.
+    pseudo_label_clusters: int | None = Field(None, ge=2)
     refresh_every: PositiveInt = 10  # steps between centroid refreshes
     min_cluster_size: NonNegativeInt = 20  # smaller clusters are dissolved at a refresh
     intra_weight: NonNegativeFloat = 0.75
@@ -67,8 +69,8 @@ class InterCLR(MoCoV2):
     name = "interclr"
     Options = InterCLROptions
 
-    def __init__(self, backbone: ResNet, options: InterCLROptions, data: DataInfo) -> None:
-        super().__init__(backbone, options, data)
+    def __init__(self, backbone: nn.Module, options: InterCLROptions, data: DataInfo, gather_negatives: bool = True) -> None:
+        super().__init__(backbone, options, data, gather_negatives)
         if options.negative_pool >= data.num_images:
             warnings.warn(
                 f"method.negative_pool={options.negative_pool} is not below the {data.num_images} training images: "
@@ -76,11 +78,9 @@ class InterCLR(MoCoV2):
                 f"method.negative_pool={max(data.num_images // 5, 1)}",
                 stacklevel=2,
             )
-        clusters = options.num_clusters or data.num_classes
-        if clusters is None:
-            raise UserError("the training data has no labels to count clusters from: set method.num_clusters=K")
+        clusters = options.pseudo_label_clusters or data.required_clusters()
         if clusters > data.num_images:
-            raise UserError(f"method.num_clusters={clusters} exceeds the {data.num_images} training images")
+            raise UserError(f"method.pseudo_label_clusters={clusters} exceeds the {data.num_images} training images")
         self.bank = MemoryBank(
             data.num_images,
             options.projection_dim,
@@ -100,7 +100,7 @@ class InterCLR(MoCoV2):
     def on_epoch_start(self, epoch: int, images: TrainingImages) -> dict[str, Any]:
         if epoch == 0:
             # Batch statistics: the untrained encoder's running statistics describe nothing yet.
-            features = images.encode(self.key_encoder, self.key_encoder, batch_statistics=True)
+            features = images.encode(self.momentum_encoder, self.momentum_encoder, batch_statistics=True)
             self.bank.initialise(features, seed=images.seed, restarts=self.options.init_kmeans_restarts)
         self._inter_active = epoch >= self.options.warmup_epochs
         self.inter_active.fill_(self._inter_active)
@@ -109,7 +109,8 @@ class InterCLR(MoCoV2):
 
     def training_step(self, batch: Batch) -> StepOutput:
         o = self.options
-        intra_loss, queries, keys = self._contrast_with_queue(batch.views)
+        contrast = self.contrast_with_queue(batch)
+        intra_loss, queries, keys = contrast.loss, contrast.queries, contrast.keys
         logs: dict[str, torch.Tensor] = {}
         inter = [self._inter_image_loss(q, batch.indices, logs) for q in queries] if self._inter_active else []
         # Like the queue, the bank takes this batch's keys only after the optimiser step (one key per image),

@@ -16,7 +16,7 @@ held for nothing; only the labels, prototypes and φ are kept, as buffers.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
@@ -27,16 +27,18 @@ from clusterclr.clustering.diagnostics import pseudo_label_report
 from clusterclr.clustering.prototypes import Prototypes
 from clusterclr.errors import UserError
 from clusterclr.losses.proto_nce import proto_nce
-from clusterclr.methods.base import Batch, DataInfo, StepOutput, TrainingImages, normalised_std
+from clusterclr.methods.base import Batch, DataInfo, StepOutput
+from clusterclr.methods.diagnostics import normalised_std
 from clusterclr.methods.moco_v2 import MoCoV2, MoCoV2Options
 from clusterclr.methods.registry import register_method
-from clusterclr.models.backbones import ResNet
+from clusterclr.methods.training_images import TrainingImages
 
 
 class PCLOptions(MoCoV2Options):
-    # Clusters per granularity; default: one clustering into the number of classes. The paper:
-    # 25,000, 50,000 and 100,000 on ImageNet. Evaluation k-means keeps eval.clusters (default: the classes).
-    num_clusters: list[Annotated[int, Field(ge=2)]] | None = Field(None, min_length=1)
+    renamed: ClassVar[dict[str, str]] = {"num_clusters": "granularities"}
+    # Clusters per granularity; default: one clustering into K (``clusters``). The paper:
+    # 25,000, 50,000 and 100,000 on ImageNet.
+    granularities: list[Annotated[int, Field(ge=2)]] | None = Field(None, min_length=1)
     warmup_epochs: NonNegativeInt = 20  # InfoNCE alone before the first clustering
     proto_weight: NonNegativeFloat = 1.0
     # r: prototypes in each denominator besides the batch's own; default all of them.
@@ -46,12 +48,12 @@ class PCLOptions(MoCoV2Options):
     kmeans_iterations: PositiveInt = 20
     kmeans_restarts: PositiveInt = 3
 
-    @field_validator("num_clusters")
+    @field_validator("granularities")
     @classmethod
-    def _distinct(cls, num_clusters: list[int] | None) -> list[int] | None:
-        if num_clusters is not None and len(set(num_clusters)) < len(num_clusters):
-            raise ValueError(f"granularities must differ, got {num_clusters}")
-        return num_clusters
+    def _distinct(cls, granularities: list[int] | None) -> list[int] | None:
+        if granularities is not None and len(set(granularities)) < len(granularities):
+            raise ValueError(f"granularities must differ, got {granularities}")
+        return granularities
 
 
 @register_method
@@ -61,14 +63,12 @@ class PCL(MoCoV2):
     name = "pcl"
     Options = PCLOptions
 
-    def __init__(self, backbone: ResNet, options: PCLOptions, data: DataInfo) -> None:
-        super().__init__(backbone, options, data)
-        if options.num_clusters is None and data.num_classes is None:
-            raise UserError("the training data has no labels to count clusters from: set method.num_clusters=[K, ...]")
-        granularities = options.num_clusters or [data.num_classes]
+    def __init__(self, backbone: nn.Module, options: PCLOptions, data: DataInfo, gather_negatives: bool = True) -> None:
+        super().__init__(backbone, options, data, gather_negatives)
+        granularities = options.granularities or [data.required_clusters()]
         for k in granularities:
             if k > data.num_images:
-                raise UserError(f"method.num_clusters: {k} clusters exceed the {data.num_images} training images")
+                raise UserError(f"method.granularities: {k} clusters exceed the {data.num_images} training images")
         self.prototypes = nn.ModuleList(Prototypes(data.num_images, options.projection_dim, k) for k in granularities)
         # Whether ProtoNCE is on, in a buffer too: a run resumed mid-epoch skips on_epoch_start
         # and reads the switch back from its checkpoint.
@@ -83,7 +83,7 @@ class PCL(MoCoV2):
         if not self._proto_active:
             return {}
         # Batch statistics only before any training: then the running statistics describe nothing yet.
-        features = images.encode(self.key_encoder, self.key_encoder, batch_statistics=epoch == 0)
+        features = images.encode(self.momentum_encoder, self.momentum_encoder, batch_statistics=epoch == 0)
         logs: dict[str, Any] = {}
         for i, prototypes in enumerate(self.prototypes):
             seed = (images.seed * 1_000_003 + epoch * len(self.prototypes) + i) % 2**31
@@ -101,7 +101,8 @@ class PCL(MoCoV2):
 
     def training_step(self, batch: Batch) -> StepOutput:
         o = self.options
-        info_nce_loss, queries, _ = self._contrast_with_queue(batch.views)
+        contrast = self.contrast_with_queue(batch)
+        info_nce_loss, queries = contrast.loss, contrast.queries
         global_indices = distributed.gather(batch.indices)  # the batch's own prototypes are the global batch's
         prototype = [
             proto_nce(

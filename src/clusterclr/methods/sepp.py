@@ -3,8 +3,8 @@ r"""Semantic positive pairs (SePP; Alkhalefi et al., TMLR 2024) on MoCo v2, SimS
 Each method is its base method plus the ``SemanticPositives`` mixin, which
 mines each image's most similar other images (``positives.*``) and orders
 epochs so that partners share batches. The only change to the loss is who
-counts as positive, ``partners`` below being the B × B mask of mined
-partners in the batch:
+counts as positive (each base method's positives hook), ``partners`` below
+being the B × B mask of mined partners in the batch:
 
 - ``sepp_simclr``: NT-Xent where a view's positives are the other views of
   its image and every view of its partners (multi-positive InfoNCE).
@@ -34,13 +34,16 @@ from torch import nn
 
 from clusterclr import distributed
 from clusterclr.losses.negative_cosine import negative_cosine
-from clusterclr.methods.base import Batch, GlobalViews, StepOutput, normalised_std
+from clusterclr.methods.base import Batch, StepOutput
+from clusterclr.methods.diagnostics import normalised_std
+from clusterclr.methods.global_views import GlobalViews
 from clusterclr.methods.moco_v2 import MoCoV2
 from clusterclr.methods.registry import register_method
 from clusterclr.methods.simclr import SimCLR
 from clusterclr.methods.simsiam import SimSiam, SimSiamOptions
 from clusterclr.positives.sampler import SemanticPositives
 from clusterclr.positives.semantic import own_key_or_partners, partner_mask, same_image_or_partners
+from clusterclr.positives.views import Positives
 
 
 def _partner_logs(partners: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -54,12 +57,9 @@ class SePPSimCLR(SemanticPositives, SimCLR):
 
     name = "sepp_simclr"
 
-    def training_step(self, batch: Batch) -> StepOutput:
-        z = self.projector(self.backbone(torch.cat(batch.views)))
-        views = GlobalViews.of(z, batch.indices, len(batch.views), self.gather_negatives)
+    def positive_pairs(self, views: GlobalViews) -> Positives:
         partners = partner_mask(views.indices, self.partners)
-        loss = views.nt_xent(self.options.temperature, same_image_or_partners(partners, len(batch.views)))
-        return StepOutput(loss, {"loss": loss.detach(), "output_std": normalised_std(z), **_partner_logs(partners)})
+        return Positives(same_image_or_partners(partners, views.num_views), _partner_logs(partners))
 
 
 @register_method
@@ -70,15 +70,12 @@ class SePPMoCoV2(SemanticPositives, MoCoV2):
 
     def mining_encoder(self) -> tuple[nn.Module, tuple[nn.Module, ...]]:
         # The momentum backbone: the slowly moving, more stable network MoCo's keys come from.
-        return self.key_encoder.network[0], (self.key_encoder,)
+        return self.momentum_encoder.network[0], (self.momentum_encoder,)
 
-    def training_step(self, batch: Batch) -> StepOutput:
+    def positive_keys(self, batch: Batch, num_candidates: int, own: int) -> Positives:
         key_images = distributed.gather(batch.indices) if self.gather_negatives else batch.indices
         partners = partner_mask(batch.indices, self.partners, key_images)
-        loss, queries, _ = self._contrast_with_queue(
-            batch.views, lambda _queries, candidates, _device, own: own_key_or_partners(partners, candidates, own)
-        )
-        return StepOutput(loss, {"loss": loss.detach(), "output_std": normalised_std(queries[-1]), **_partner_logs(partners)})
+        return Positives(own_key_or_partners(partners, num_candidates, own), _partner_logs(partners))
 
 
 class SePPSimSiamOptions(SimSiamOptions):

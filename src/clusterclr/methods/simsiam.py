@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pydantic import PositiveInt
+from torch import nn
 
+from clusterclr.config import MethodOptions
 from clusterclr.losses.negative_cosine import negative_cosine
-from clusterclr.methods.base import Batch, DataInfo, Method, MethodOptions, StepOutput, normalised_std
+from clusterclr.methods.base import Batch, DataInfo, Method, StepOutput
+from clusterclr.methods.diagnostics import normalised_std
 from clusterclr.methods.registry import register_method
-from clusterclr.models.backbones import ResNet
-from clusterclr.models.heads import MLPHead
+from clusterclr.models.heads import SimSiamPredictor, SimSiamProjector
 
 
 class SimSiamOptions(MethodOptions):
@@ -24,12 +26,10 @@ class SimSiam(Method):
     name = "simsiam"
     Options = SimSiamOptions
 
-    def __init__(self, backbone: ResNet, options: SimSiamOptions, data: DataInfo) -> None:
-        super().__init__(backbone, options, data)
-        self.projector = MLPHead(
-            backbone.feature_dim, options.projection_hidden_dim, options.projection_dim, num_layers=3, last_bn=True
-        )
-        self.predictor = MLPHead(options.projection_dim, options.predictor_hidden_dim, options.projection_dim)
+    def __init__(self, backbone: nn.Module, options: SimSiamOptions, data: DataInfo, gather_negatives: bool = True) -> None:
+        super().__init__(backbone, options, data, gather_negatives)
+        self.projector = SimSiamProjector(backbone.feature_dim, options.projection_hidden_dim, options.projection_dim)
+        self.predictor = SimSiamPredictor(options.projection_dim, options.predictor_hidden_dim)
 
     def training_step(self, batch: Batch) -> StepOutput:
         # One forward per view, as in the paper: batch norm sees each view's batch on its own.

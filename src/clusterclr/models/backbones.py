@@ -133,3 +133,8 @@ def build_backbone(name: str, in_channels: int, stem: str, width: float) -> ResN
     if name not in _RESNETS:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     return _RESNETS[name](in_channels=in_channels, stem=stem, width=width)
+
+
+def resolve_stem(stem: str, image_size: tuple[int, int]) -> str:
+    """The ResNet stem: as configured, or for "auto" the CIFAR stem up to 64 px and ImageNet's above."""
+    return stem if stem != "auto" else ("cifar" if min(image_size) <= 64 else "imagenet")

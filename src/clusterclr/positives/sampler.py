@@ -10,10 +10,11 @@ method gets
 - mining in ``on_epoch_start``: after ``positives.warmup_epochs`` plain
   epochs and then every ``positives.refresh_every`` epochs with the model
   being trained (``mining_encoder``), or once with a trained model the
-  user gives (``positives.encoder``); the epoch's diagnostics are logged;
+  user gives (``positives.encoder``, which ``build`` hands in as a loader);
+  the epoch's diagnostics are logged;
 - an ``epoch_order`` that puts partners next to each other.
 
-The method itself only widens its positives with
+The method itself only widens its positives hook with
 ``partner_mask(batch.indices, self.partners)`` (see ``positives/semantic.py``).
 """
 
@@ -21,8 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -32,16 +32,42 @@ from clusterclr.errors import UserError
 from clusterclr.positives.semantic import NO_PARTNER, mine_partners, pair_diagnostics, partner_order
 
 if TYPE_CHECKING:  # at run time the methods package imports this module, not the reverse
-    from clusterclr.methods.base import DataInfo, MethodOptions, TrainingImages
-    from clusterclr.models.backbones import ResNet
+    from clusterclr.augment import ViewMaker
+    from clusterclr.config import MethodOptions
+    from clusterclr.methods.base import DataInfo, Method
+    from clusterclr.methods.training_images import TrainingImages
+
+
+class TrainedEncoder(Protocol):
+    """What mining needs of a trained model (``build.Model``): its method and the views it was trained with."""
+
+    method: Method
+    views: ViewMaker
 
 
 class SemanticPositives:
-    """Mixin giving a ``Method`` subclass mined semantic partners (see the module docstring)."""
+    """Mixin giving a ``Method`` subclass mined semantic partners (see the module docstring).
 
-    def __init__(self, backbone: ResNet, options: MethodOptions, data: DataInfo, positives: PositivesConfig) -> None:
-        super().__init__(backbone, options, data)
+    ``encoder_loader`` loads ``positives.encoder`` onto a device when it is
+    first needed (``build`` hands it in; the model being trained mines when
+    it is None).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        options: MethodOptions,
+        data: DataInfo,
+        gather_negatives: bool = True,
+        *,
+        positives: PositivesConfig,
+        encoder_loader: Callable[[torch.device], TrainedEncoder] | None = None,
+    ) -> None:
+        super().__init__(backbone, options, data, gather_negatives)
+        if (positives.encoder is None) != (encoder_loader is None):
+            raise ValueError("positives.encoder and encoder_loader go together")
         self.positives = positives
+        self.encoder_loader = encoder_loader
         self.register_buffer("partners", torch.full((data.num_images, positives.neighbours), NO_PARTNER, dtype=torch.long))
 
     def mining_encoder(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], tuple[nn.Module, ...]]:
@@ -75,13 +101,11 @@ class SemanticPositives:
         return partner_order(self.partners)
 
     def _features(self, images: TrainingImages) -> torch.Tensor:
-        if self.positives.encoder is None:
+        if self.encoder_loader is None:
             encoder, modules = self.mining_encoder()
             return images.encode(encoder, *modules)
-        from clusterclr.build import load_encoder  # build imports every method, this one included
-
-        path = Path(self.positives.encoder)
-        model = load_encoder(path, images.device)
+        path = self.positives.encoder
+        model = self.encoder_loader(images.device)
         trained_on = (model.method.data.channels, *model.method.data.image_size)
         here = tuple(images.images.shape[1:])
         if trained_on != here:

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+
+
+class Positives(NamedTuple):
+    """The answer of a method's positives hook: a mask over (anchors × candidates), and what to log about it."""
+
+    mask: torch.Tensor
+    logs: dict[str, torch.Tensor] = {}
 
 
 def same_image(num_images: int, num_views: int, device: torch.device | None = None) -> torch.Tensor:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from clusterclr.build import Parts
-from clusterclr.clustering.assignments import ClusterAssignments
-from clusterclr.evaluate.clusters import cluster_images
+from clusterclr.clustering.assignments import ClusterAssignments, save_centroids
+from clusterclr.evaluate.clusters import cluster_assignments
+from clusterclr.evaluate.context import EvalContext
+from clusterclr.rundir import RunDir
 from clusterclr.runlog import read_log
 
 SPLIT_NAMES = {
@@ -51,28 +52,30 @@ def run_settings(parts: Parts, epoch: int) -> dict[str, Any]:
     }
 
 
-def run_report_content(parts: Parts, run_dir: Path, epoch: int) -> ReportContent:
+def run_report_content(parts: Parts, run_dir: RunDir, epoch: int, ctx: EvalContext | None = None) -> ReportContent:
     """The report of a training run: k-means fitted on the kNN bank, the evaluation split shown.
 
-    These are the images and the clustering its metrics.json scores; the
-    k-means centroids are saved in the run for ``clusterclr assign``.
+    These are the images and the clustering its metrics.json scores (``ctx``:
+    the evaluation's context, whose features and fit are reused); the k-means
+    centroids are saved in the run for ``clusterclr assign``.
     """
     splits = parts.splits
-    clustered = cluster_images(parts, splits.bank, splits.test, parts.eval_clusters, run_dir)
-    metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+    ctx = ctx or EvalContext.of(parts, progress=False)
+    centroids, assignments = cluster_assignments(ctx)
+    save_centroids(run_dir.centroids, centroids)
+    metrics = json.loads(run_dir.metrics.read_text(encoding="utf-8")) if run_dir.metrics.is_file() else {}
     shown = splits.test
     return ReportContent(
         title=f"{parts.config.method.name} on {splits.name}",
         images_described=f"{len(shown)} images: {SPLIT_NAMES.get(splits.eval_split, splits.eval_split)}",
         images=shown.images,
-        features=clustered.embeddings.features,
-        assignments=clustered.assignments,
+        features=ctx.embeddings("test").features,
+        assignments=assignments,
         labels=None if shown.labels is None else shown.labels.numpy(),
         class_names=shown.class_names,
         sources=shown.sources,
         metrics=metrics,
-        log=read_log(run_dir),
+        log=read_log(run_dir.log),
         settings=run_settings(parts, epoch),
         seed=parts.config.seed,
     )

@@ -17,9 +17,7 @@ from clusterclr.report.plots import (
     training_curves,
 )
 from clusterclr.report.projection import embedding_map
-
-REPORT = "report.html"
-FIGURES = "report"
+from clusterclr.rundir import RunDir
 
 
 def _plots(content: ReportContent) -> list[Plot]:
@@ -67,15 +65,15 @@ def _class_names(content: ReportContent) -> list[str]:
     return [str(c) for c in range(int(content.labels.max()) + 1)]
 
 
-def write_report(run_dir: Path, content: ReportContent) -> Path:
-    """Write ``run_dir/report.html`` and the PNGs beside it; returns the page's path."""
+def write_report(run_dir: RunDir, content: ReportContent) -> Path:
+    """Write the run's ``report.html`` and the PNGs beside it; returns the page's path."""
     plots = _plots(content)
     members = most_confident(content.assignments)
     galleries = [[Thumbnail(thumbnail_png(content.images[int(row)]), int(row)) for row in rows] for rows in members]
     if len(content.images):
         plots.append(Plot("gallery.png", "the galleries below in one picture: a row per cluster", gallery_grid(content.images, members)))
     for plot in plots:
-        atomic_write(run_dir / FIGURES / plot.file, lambda f, png=plot.png: f.write(png))
+        atomic_write(run_dir.figures / plot.file, lambda f, png=plot.png: f.write(png))
     # The gallery sheet is for looking at outside the browser; the page shows the same images with captions.
     on_page = [plot for plot in plots if plot.file != "gallery.png"]
-    return write_text(run_dir / REPORT, render_page(content, on_page, galleries))
+    return write_text(run_dir.report, render_page(content, on_page, galleries))

@@ -8,14 +8,15 @@ Deterministic protocols run once whatever the seeds.
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from clusterclr.build import load_model, load_parts
+from clusterclr.evaluate.context import EvalContext
 from clusterclr.evaluate.protocols import head, kmeans, knn, linear, semi, transfer
-from clusterclr.evaluate.protocols.context import EvalContext
 from clusterclr.evaluate.protocols.options import ProtocolOptions
 from clusterclr.evaluate.results import merge_metrics, summarise
+from clusterclr.rundir import RunDir
 
 PROTOCOLS: dict[str, ModuleType] = {
     "knn": knn, "linear": linear, "kmeans": kmeans, "head": head, "semi": semi, "transfer": transfer,
@@ -23,19 +24,16 @@ PROTOCOLS: dict[str, ModuleType] = {
 
 
 def evaluate_protocols(
-    run_dir: Path, names: list[str], seeds: list[int], options: ProtocolOptions, progress: bool = True
+    run_dir: RunDir, names: list[str], seeds: list[int], options: ProtocolOptions, progress: bool = True
 ) -> dict[str, dict[str, Any]]:
     """Run each protocol in ``names`` on the run in ``run_dir``; each result is merged into its metrics.json
     as soon as it is ready (under the protocol's name; transfer under ``transfer.<data set B>``)."""
-    from clusterclr.build import load_model
-    from clusterclr.train import load_run
-
     own_data = [name for name in names if name != "transfer"]
     if own_data:
-        parts, epoch = load_run(run_dir)
+        parts, epoch = load_parts(run_dir)
         model = parts
-        source = EvalContext(parts, parts.splits.name, parts.splits.bank, parts.splits.test, parts.splits.eval_split,
-                             parts.eval_clusters, progress)
+        source = EvalContext.of(parts, progress)
+        source.require_labels()
     else:
         model, epoch = load_model(run_dir)
     sections = {}
@@ -52,6 +50,6 @@ def evaluate_protocols(
             "metrics": summarise([protocol.run(ctx, options, seed) for seed in used]),
         }
         keys = ("transfer", ctx.dataset) if name == "transfer" else (name,)
-        merge_metrics(run_dir / "metrics.json", keys, section)
+        merge_metrics(run_dir.metrics, keys, section)
         sections[".".join(keys)] = section
     return sections

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from clusterclr.errors import UserError
-from clusterclr.evaluate.protocols.context import EvalContext
+from clusterclr.evaluate.context import EvalContext
 from clusterclr.evaluate.protocols.kmeans import partition_scores
 from clusterclr.evaluate.protocols.options import ProtocolOptions
 from clusterclr.methods.registry import methods_with_cluster_head

@@ -16,10 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from clusterclr.clustering.kmeans import assign
-from clusterclr.errors import UserError
-from clusterclr.evaluate.metrics import clustering_scores, majority_mapping, purity
-from clusterclr.evaluate.protocol import cluster_features
-from clusterclr.evaluate.protocols.context import EvalContext
+from clusterclr.clustering.metrics import clustering_scores, majority_mapping, purity
+from clusterclr.evaluate.context import EvalContext
 from clusterclr.evaluate.protocols.options import ProtocolOptions
 
 STOCHASTIC = True
@@ -31,10 +29,11 @@ def settings(ctx: EvalContext, options: ProtocolOptions) -> dict[str, Any]:
 
 
 def run(ctx: EvalContext, options: ProtocolOptions, seed: int) -> dict[str, float]:
-    bank, test = ctx.embeddings("bank").features, ctx.embeddings("test").features
+    ctx.require_labels()
+    test = ctx.embeddings("test").features
     result = {}
     for k in _ks(ctx, options):
-        fitted = cluster_features(bank, k, ctx.model.config.eval, seed)
+        fitted = ctx.kmeans(k, seed)
         predicted = assign(F.normalize(test.float(), dim=1).numpy(), fitted.centroids)
         scores = partition_scores(ctx.bank.labels, fitted.assignments, ctx.test.labels, predicted, k)
         result.update({f"k{k}_{name}": value for name, value in scores.items()})
@@ -56,8 +55,4 @@ def partition_scores(
 
 
 def _ks(ctx: EvalContext, options: ProtocolOptions) -> tuple[int, ...]:
-    ks = options.clusters or (ctx.clusters,)
-    too_many = [k for k in ks if k > len(ctx.bank)]
-    if too_many:
-        raise UserError(f"cannot make {too_many[0]} clusters of the {len(ctx.bank)} training images of {ctx.dataset}")
-    return ks
+    return options.clusters or (ctx.clusters,)

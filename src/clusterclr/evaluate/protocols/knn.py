@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from clusterclr.evaluate.context import EvalContext
 from clusterclr.evaluate.knn import knn_accuracy
-from clusterclr.evaluate.protocols.context import EvalContext
 from clusterclr.evaluate.protocols.options import ProtocolOptions
 
 STOCHASTIC = False

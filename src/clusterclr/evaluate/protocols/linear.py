@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from clusterclr.evaluate.context import EvalContext
 from clusterclr.evaluate.linear import VALIDATION_FRACTION, linear_probe
-from clusterclr.evaluate.protocols.context import EvalContext
 from clusterclr.evaluate.protocols.options import ProtocolOptions
 
 STOCHASTIC = True

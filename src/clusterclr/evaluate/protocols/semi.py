@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from clusterclr.evaluate.context import EvalContext
 from clusterclr.evaluate.finetune import finetune
-from clusterclr.evaluate.protocols.context import EvalContext
 from clusterclr.evaluate.protocols.options import ProtocolOptions
 from clusterclr.evaluate.subsets import balanced_subset
 

@@ -20,8 +20,8 @@ from clusterclr.config import DataConfig
 from clusterclr.data.base import ImageDataset
 from clusterclr.data.splits import load_splits, resize
 from clusterclr.errors import UserError
+from clusterclr.evaluate.context import EvalContext
 from clusterclr.evaluate.protocols import knn, linear
-from clusterclr.evaluate.protocols.context import EvalContext
 from clusterclr.evaluate.protocols.options import ProtocolOptions
 
 STOCHASTIC = True  # through the linear probe's validation split

@@ -1,4 +1,4 @@
-"""Embeddings and cluster assignments of a data set, written for people and other tools."""
+"""``clusterclr embed``: embeddings and cluster assignments of a data set, written for people and other tools."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from clusterclr.build import Model, resolve_clusters
+from clusterclr.build import Model
+from clusterclr.configure import resolve_clusters
 from clusterclr.data.base import ImageDataset, concat
 from clusterclr.data.registry import load_raw
 from clusterclr.data.splits import resize
 from clusterclr.errors import UserError
-from clusterclr.evaluate.features import embed_dataset
-from clusterclr.evaluate.protocol import cluster_features
+from clusterclr.evaluate.context import EvalContext
 from clusterclr.io import atomic_write, write_text
 
 SPLITS = ("train", "test", "unlabeled")
@@ -58,16 +58,14 @@ def embed_to_files(model: Model, dataset: str, root: str | None, split: str, out
     chosen = _chosen_splits(dataset, root, split, model)
     data = concat([part for _, part in chosen])
     k = resolve_clusters(
-        clusters if clusters is not None else model.config.eval.clusters,
+        clusters if clusters is not None else model.clusters,
         model.method.data.num_classes,
         len(data),
         f"the {len(data)} images to embed",
     )
-    cfg = model.config
-    embeddings = embed_dataset(
-        model.method, model.views, data, model.device, cfg.eval.batch_size, model.autocast_dtype, cfg.train.channels_last
-    )
-    assignments = cluster_features(embeddings.features, k, cfg.eval, cfg.seed).assignments
+    ctx = EvalContext(model, dataset, data, data, split, k, progress=False)
+    embeddings = ctx.embeddings("bank")
+    assignments = ctx.kmeans(k, model.config.seed).assignments
     features = embeddings.features.numpy().astype(np.float32)
     atomic_write(out, lambda f: np.save(f, features))
 

@@ -122,14 +122,6 @@ def majority_mapping(labels_true: np.ndarray, labels_pred: np.ndarray, clusters:
     return mapping
 
 
-def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Fraction of rows of ``scores`` (N × C) whose ``k`` highest entries include the label (k clipped to C)."""
-    scores, labels = np.asarray(scores), np.asarray(labels)
-    k = min(k, scores.shape[1])
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    return float((top == labels[:, None]).any(axis=1).mean())
-
-
 def clustering_scores(labels_true: np.ndarray, labels_pred: np.ndarray) -> dict[str, float]:
     """NMI, ACC and ARI of one clustering, keyed ``"nmi"``, ``"acc"``, ``"ari"``."""
     return {

@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from clusterclr.build import load_model
+from clusterclr.build import Model
 from clusterclr.clustering.assignments import ClusterAssignments, assign_to_clusters, load_centroids
 from clusterclr.data.base import ImageDataset
 from clusterclr.data.folder import EXTENSIONS, image_files, try_read
 from clusterclr.errors import UserError
-from clusterclr.evaluate.clusters import embed
+from clusterclr.evaluate.features import Embeddings, embed
+from clusterclr.rundir import RunDir
 
 
 def collect_images(items: list[str]) -> list[Path]:
@@ -29,6 +30,8 @@ def collect_images(items: list[str]) -> list[Path]:
 
     Order: as given, each folder's files sorted; a file named twice counts once.
     """
+    if not items:
+        raise UserError("name at least one image file or folder")
     found: dict[Path, None] = {}
     for item in items:
         path = Path(item).expanduser().absolute()
@@ -54,18 +57,19 @@ def read_images(paths: list[Path], size: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(pixels))
 
 
-def assign_images(run_dir: Path, items: list[str]) -> tuple[list[Path], ClusterAssignments]:
-    """The images named by ``items`` and their clusters under the run in ``run_dir``."""
-    if not items:
-        raise UserError("name at least one image file or folder to assign")
-    model, _ = load_model(run_dir)
-    paths = collect_images(items)
+def embed_files(model: Model, paths: list[Path]) -> Embeddings:
+    """Features (and head probabilities) of image files, read as the folder data set reads them at the run's resolution."""
     height, width = model.method.data.image_size
     if height != width:
-        raise UserError(f"the run was trained on {height}×{width} images; assign reads square images only")
+        raise UserError(f"the run was trained on {height}×{width} images; image files are read square only")
     if model.method.data.channels != 3:
         raise UserError(f"the run was trained on {model.method.data.channels}-channel images; image files are read as RGB")
-    embeddings = embed(model, ImageDataset(read_images(paths, height)))
+    return embed(model, ImageDataset(read_images(paths, height)))
+
+
+def assign_images(model: Model, run_dir: RunDir, paths: list[Path]) -> tuple[Embeddings, ClusterAssignments]:
+    """The clusters of image files under a run: by its cluster head, else by its saved k-means centroids."""
+    embeddings = embed_files(model, paths)
     probabilities = embeddings.cluster_probabilities
-    centroids = load_centroids(run_dir, embeddings.features.shape[1]) if probabilities is None else None
-    return paths, assign_to_clusters(embeddings.features, probabilities, centroids)
+    centroids = load_centroids(run_dir.centroids, embeddings.features.shape[1]) if probabilities is None else None
+    return embeddings, assign_to_clusters(embeddings.features, probabilities, centroids)

@@ -3,7 +3,9 @@
 The result is an ordinary run directory plus ``clusters.csv`` (every image
 once: path, cluster, confidence), ``embeddings.npy`` (its rows in the CSV's
 order), ``centroids.npy`` and a report with a gallery per cluster;
-optionally the images are copied into one folder per cluster.
+optionally the images are copied into one folder per cluster. The images
+decoded for training and the trained model in memory are what is
+clustered: nothing is read twice.
 
 The default method is SimCLR with k-means on its features: on real photos
 (the CIFAR-10 subset, at a CPU budget) its k-means clusters scored best of
@@ -21,38 +23,36 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from clusterclr.build import load_model, read_run
-from clusterclr.clustering.assignments import ClusterAssignments, assignments_csv
-from clusterclr.config import Config, build_config, merge, read_yaml
+from clusterclr.clustering.assignments import ClusterAssignments, assignments_csv, save_centroids
+from clusterclr.clustering.metrics import clustering_scores
+from clusterclr.config import Config, merge, read_yaml
+from clusterclr.configure import build_config
 from clusterclr.data.base import ImageDataset
 from clusterclr.data.folder import image_paths
-from clusterclr.data.registry import load_raw
 from clusterclr.errors import UserError
-from clusterclr.evaluate.clusters import cluster_images
-from clusterclr.evaluate.metrics import clustering_scores
+from clusterclr.evaluate.clusters import cluster_assignments
+from clusterclr.evaluate.context import EvalContext
 from clusterclr.io import atomic_write, write_text
-from clusterclr.methods.registry import get_method
 from clusterclr.report.content import ReportContent
 from clusterclr.report.write import write_report
+from clusterclr.rundir import RunDir
 from clusterclr.runlog import read_log
-from clusterclr.train import resume_run, start_run
+from clusterclr.training.run import TrainedRun, resume_run, start_run
 
 DEFAULT_METHOD = "simclr"
 DEFAULT_EPOCHS = 100
-CSV = "clusters.csv"
-EMBEDDINGS = "embeddings.npy"
 
 
 @dataclass
 class ClusterRequest:
     folder: Path
     clusters: int
-    out: Path
+    out: RunDir
     method: str | None = None
-    init: Path | None = None
+    init: RunDir | None = None
     epochs: int | None = None
     copy_to: Path | None = None
-    config_file: str | None = None
+    config_file: str | Path | None = None
     seed: int | None = None
     overrides: list[str] = field(default_factory=list)
     resumed: bool = False  # finishing an interrupted run in ``out``
@@ -63,6 +63,8 @@ class ClusterResult:
     config: Config
     paths: tuple[str, ...]
     assignments: ClusterAssignments
+    features: np.ndarray  # N × D float32 backbone features, rows in ``paths`` order
+    run: TrainedRun
     csv: Path
     report: Path
 
@@ -84,11 +86,11 @@ def check_request(request: ClusterRequest) -> int:
     found = len(image_paths(folder))
     if request.clusters > found:
         raise UserError(f"--clusters {request.clusters} is more than the {found} images in {folder}")
-    if request.init is not None and not request.init.is_dir():
+    if request.init is not None and not request.init.path.is_dir():
         raise UserError(f"--init: run directory not found: {request.init}")
     if request.epochs is not None and request.epochs < 0:
         raise UserError(f"--epochs must be 0 or more, got {request.epochs}")
-    if _inside(request.out, folder):
+    if _inside(request.out.path, folder):
         raise UserError(f"--out {request.out} is inside the image folder {folder}; choose a folder outside it")
     _check_copy_target(request.copy_to, folder)
     return found
@@ -117,7 +119,7 @@ def cluster_config(request: ClusterRequest, images: int) -> Config:
         "train": {"epochs": DEFAULT_EPOCHS, "eval_every": 0, "report": False},
     }
     if request.init is not None:
-        initial, state = read_run(request.init)
+        initial, state, _ = request.init.read()
         height, width = state["data_info"]["image_size"]
         defaults["model"] = initial.model.model_dump(mode="json")
         if height == width:
@@ -128,18 +130,10 @@ def cluster_config(request: ClusterRequest, images: int) -> Config:
         "data.root": str(request.folder),
         "method.name": request.method,
         "train.epochs": request.epochs,
-        "eval.clusters": request.clusters,
+        "clusters": request.clusters,
         "seed": request.seed,
     }
-    config = build_config(merge(defaults, user), flags, request.overrides)
-    # Methods with their own number of clusters (a head, a memory bank's k-means) get K unless told otherwise.
-    options = get_method(config.method.name).Options.model_fields
-    for key in ("clusters", "num_clusters"):
-        if key in options and config.method.options().get(key) is None:
-            # PCL takes a list of granularities; the others one number.
-            value = [request.clusters] if "list" in str(options[key].annotation) else request.clusters
-            config = build_config(merge(defaults, user), {**flags, f"method.{key}": value}, request.overrides)
-    return config
+    return build_config(merge(defaults, user), flags, request.overrides)
 
 
 def copy_into_clusters(paths: tuple[str, ...], clusters: np.ndarray, folder: Path, target: Path) -> None:
@@ -159,7 +153,68 @@ def copy_into_clusters(paths: tuple[str, ...], clusters: np.ndarray, folder: Pat
             raise UserError(f"cannot copy {path} to {destination}: {err.strerror or err}") from None
 
 
-def _metrics(data: ImageDataset, assignments: ClusterAssignments, run_dir: Path) -> dict[str, Any]:
+def cluster_folder(request: ClusterRequest) -> ClusterResult:
+    found = check_request(request)
+    config = cluster_config(request, found)
+    return write_clusters(start_run(config, request.out, init=request.init), request)
+
+
+def resume_cluster_folder(run_dir: RunDir, copy_to: Path | None = None) -> ClusterResult:
+    """Finish a ``cluster`` run that stopped in training: continue it exactly, then write what ``cluster`` writes."""
+    config, _, _ = run_dir.read()
+    if config.data.dataset != "folder" or config.clusters is None:
+        raise UserError(f"{run_dir} was not made by `clusterclr cluster`; continue it with: clusterclr train --resume {run_dir}")
+    folder = Path(config.data.root)
+    if not folder.is_dir():
+        raise UserError(f"the run's image folder is gone: {folder}")
+    _check_copy_target(copy_to, folder)
+    trained = resume_run(run_dir)
+    request = ClusterRequest(folder=folder, clusters=config.clusters, out=run_dir, copy_to=copy_to, resumed=True)
+    return write_clusters(trained, request)
+
+
+def write_clusters(trained: TrainedRun, request: ClusterRequest) -> ClusterResult:
+    """Cluster every image of the folder with the trained model: CSV, embeddings, centroids, report, optional copies."""
+    parts, run_dir, config = trained.parts, trained.run_dir, trained.parts.config
+    data = parts.splits.read  # every image of the folder, as training read it (a class tree holds some out of training)
+    ctx = EvalContext(parts, "folder", data, data, "train", request.clusters, progress=False)
+    centroids, assignments = cluster_assignments(ctx)
+    save_centroids(run_dir.centroids, centroids)
+    paths = data.sources
+    features = ctx.embeddings("test").features.numpy().astype(np.float32)
+    atomic_write(run_dir.embeddings, lambda f: np.save(f, features))
+    csv = write_text(run_dir.clusters_csv, assignments_csv(paths, assignments))
+    initial_weights = str(request.init) if request.init else "none (trained from scratch)"
+    if request.resumed:
+        initial_weights = "not recorded (resumed run)"  # --init is not part of the saved config
+    content = ReportContent(
+        title=f"{request.clusters} clusters of {request.folder}",
+        images_described=f"all {len(data)} images in {request.folder}",
+        images=data.images,
+        features=ctx.embeddings("test").features,
+        assignments=assignments,
+        labels=None if data.labels is None else data.labels.numpy(),
+        class_names=data.class_names,
+        sources=paths,
+        metrics=_metrics(data, assignments, run_dir),
+        log=read_log(run_dir.log),
+        settings={
+            "folder": str(request.folder),
+            "method": config.method.name,
+            "initial weights": initial_weights,
+            "backbone": f"{config.model.backbone} ×{config.model.width:g}",
+            "image size": "×".join(map(str, parts.method.data.image_size)),
+            "epochs": trained.epoch,
+        },
+        seed=config.seed,
+    )
+    report = write_report(run_dir, content)
+    if request.copy_to is not None:
+        copy_into_clusters(paths, assignments.cluster, Path(config.data.root), request.copy_to)
+    return ClusterResult(config, paths, assignments, features, trained, csv, report)
+
+
+def _metrics(data: ImageDataset, assignments: ClusterAssignments, run_dir: RunDir) -> dict[str, Any]:
     sizes = assignments.sizes()
     metrics: dict[str, Any] = {
         "images": len(data),
@@ -173,69 +228,7 @@ def _metrics(data: ImageDataset, assignments: ClusterAssignments, run_dir: Path)
     if data.labels is not None:
         scores = clustering_scores(data.labels.numpy(), assignments.cluster)
         metrics.update({f"{name}_vs_subfolders": value for name, value in scores.items()})
-    epochs = [r for r in read_log(run_dir) if r.get("kind") == "epoch"]
+    epochs = [r for r in read_log(run_dir.log) if r.get("kind") == "epoch"]
     if epochs:
         metrics.update(final_loss=epochs[-1]["loss"], training_seconds=round(sum(r["seconds"] for r in epochs), 1))
     return metrics
-
-
-def cluster_folder(request: ClusterRequest) -> ClusterResult:
-    found = check_request(request)
-    config = cluster_config(request, found)
-    start_run(config, request.out, init=request.init)
-    return _write_clusters(config, request)
-
-
-def resume_cluster_folder(run_dir: Path, copy_to: Path | None = None) -> ClusterResult:
-    """Finish a ``cluster`` run that stopped in training: continue it exactly, then write what ``cluster`` writes."""
-    config, _ = read_run(run_dir)
-    if config.data.dataset != "folder" or config.eval.clusters is None:
-        raise UserError(f"{run_dir} was not made by `clusterclr cluster`; continue it with: clusterclr train --resume {run_dir}")
-    folder = Path(config.data.root)
-    if not folder.is_dir():
-        raise UserError(f"the run's image folder is gone: {folder}")
-    _check_copy_target(copy_to, folder)
-    resume_run(run_dir)
-    request = ClusterRequest(folder=folder, clusters=config.eval.clusters, out=run_dir, copy_to=copy_to, resumed=True)
-    return _write_clusters(config, request)
-
-
-def _write_clusters(config: Config, request: ClusterRequest) -> ClusterResult:
-    """Cluster every image of the folder with the run's trained model: CSV, embeddings, report, optional copies."""
-    model, epoch = load_model(request.out)
-    # Every image of the folder, as training read it (a class-folder tree holds some out of training; not here).
-    data = load_raw("folder", config.data.root, config.data.image_size, config.data.skip_bad).train
-    clustered = cluster_images(model, data, data, request.clusters, request.out)
-    assignments = clustered.assignments
-    paths = data.sources
-    features = clustered.embeddings.features.numpy().astype(np.float32)
-    atomic_write(request.out / EMBEDDINGS, lambda f: np.save(f, features))
-    csv = write_text(request.out / CSV, assignments_csv(paths, assignments))
-    initial_weights = str(request.init) if request.init else "none (trained from scratch)"
-    if request.resumed:
-        initial_weights = "not recorded (resumed run)"  # --init is not part of the saved config
-    content = ReportContent(
-        title=f"{request.clusters} clusters of {request.folder}",
-        images_described=f"all {len(data)} images in {request.folder}",
-        images=data.images,
-        features=clustered.embeddings.features,
-        assignments=assignments,
-        labels=None if data.labels is None else data.labels.numpy(),
-        class_names=data.class_names,
-        sources=paths,
-        metrics=_metrics(data, assignments, request.out),
-        log=read_log(request.out),
-        settings={
-            "folder": str(request.folder),
-            "method": config.method.name,
-            "initial weights": initial_weights,
-            "backbone": f"{config.model.backbone} ×{config.model.width:g}",
-            "image size": "×".join(map(str, model.method.data.image_size)),
-            "epochs": epoch,
-        },
-        seed=config.seed,
-    )
-    report = write_report(request.out, content)
-    if request.copy_to is not None:
-        copy_into_clusters(paths, assignments.cluster, Path(config.data.root), request.copy_to)
-    return ClusterResult(config, paths, assignments, csv, report)

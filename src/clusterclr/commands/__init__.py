@@ -1,0 +1,1 @@
+"""What the command line's commands do beyond parsing: one module per command that needs more than a call."""

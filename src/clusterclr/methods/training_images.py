@@ -1,0 +1,76 @@
+"""The training set as a method sees it between epochs (``Method.on_epoch_start``): clean views, encoded on demand."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from clusterclr import distributed
+from clusterclr.augment import ViewMaker
+
+
+@dataclass
+class TrainingImages:
+    """Every training image, in training-set order, and how to encode their clean views.
+
+    ``labels`` serve diagnostics only (pair precision, pseudo-label NMI);
+    no method may let them into a loss.
+    """
+
+    images: torch.Tensor  # uint8 N×C×H×W on the host, rows in training-set order
+    labels: torch.Tensor | None
+    views: ViewMaker
+    device: torch.device
+    batch_size: int
+    autocast_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    seed: int = 0  # the run's seed, for the hooks' own randomness (k-means restarts)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @torch.no_grad()
+    def encode(
+        self, encoder: Callable[[torch.Tensor], torch.Tensor], *modules: nn.Module, batch_statistics: bool = False
+    ) -> torch.Tensor:
+        """``encoder`` over the clean view of every image, in order: N × D float32 on the device.
+
+        ``modules`` (those ``encoder`` runs) are put in eval mode for the pass,
+        so batch norm uses its running statistics. ``batch_statistics=True``
+        keeps them in training mode instead, so features are on the scale the
+        loss sees them during training (which matters before the running
+        statistics have been learnt); their buffers are restored afterwards.
+        Either way nothing about training changes.
+        """
+        # Each rank of a distributed run encodes its shard and all get every feature. Shards may differ
+        # by a row: the same number of chunks on every rank, so SyncBatchNorm (in batch-statistics
+        # mode) meets the other ranks at every chunk.
+        start, end = distributed.shard(len(self.images))
+        rows = torch.arange(start, end)
+        if distributed.world_size() == 1:
+            chunks = rows.split(self.batch_size)
+        else:
+            longest_shard = -(-len(self.images) // distributed.world_size())
+            chunks = rows.tensor_split(-(-longest_shard // self.batch_size))
+        modes = [m.training for m in modules]
+        saved = [{k: v.clone() for k, v in m.named_buffers()} for m in modules] if batch_statistics else []
+        for m in modules:
+            m.train(batch_statistics)
+        autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+        try:
+            features = []
+            for rows in chunks:
+                x = self.views.clean(self.images[rows].to(self.device, non_blocking=True))
+                x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+                with autocast:
+                    features.append(encoder(x).float())
+            return distributed.gather_shards(torch.cat(features), len(self.images))
+        finally:
+            for m, mode in zip(modules, modes):
+                m.train(mode)
+            for m, buffers in zip(modules, saved):
+                for name, value in m.named_buffers():
+                    value.copy_(buffers[name])
