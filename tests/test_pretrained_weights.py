@@ -26,6 +26,11 @@ ATOL = 1e-5
 scripting = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
 
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)
+
+
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random weights everywhere (norm gains near 1, positive variances), so a misplaced tensor shows."""
     generator = torch.Generator().manual_seed(seed)
@@ -221,27 +226,29 @@ def test_official_dinov2_vit_s14_with_registers_loads_strictly(tmp_path):
 # ---------------------------------------------------------------- CLIP
 
 
-def hf_clip(activation: str):
+def hf_clip(activation: str, projection: bool = True):
     transformers = pytest.importorskip("transformers")
     config = transformers.CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=28,
         patch_size=7, projection_dim=16, hidden_act=activation,
     )
-    return randomize(transformers.CLIPVisionModelWithProjection(config))
+    model = transformers.CLIPVisionModelWithProjection if projection else transformers.CLIPVisionModel
+    return randomize(model(config))
 
 
-def test_hf_clip_matches_transformers_at_any_size(tmp_path):
-    reference = hf_clip("quick_gelu")
+@pytest.mark.parametrize("projection", [True, False])
+def test_hf_clip_matches_transformers_at_any_size(tmp_path, projection):
+    reference = hf_clip("quick_gelu", projection)
     reference.save_pretrained(tmp_path)
     loaded = load_pretrained(tmp_path / "model.safetensors", heads=4)
-    assert loaded.family == "hf-clip" and loaded.backbone.feature_dim == 16
+    assert loaded.family == "hf-clip" and loaded.backbone.feature_dim == (16 if projection else 32)
     assert loaded.preprocessing.mean == CLIP_MEAN and loaded.preprocessing.resolution == 28
-    x = torch.randn(2, 3, 28, 28)
-    wider = torch.randn(2, 3, 42, 42)
-    with torch.no_grad():
-        assert_features(loaded.backbone(x), reference(pixel_values=x).image_embeds)
-        expected = reference(pixel_values=wider, interpolate_pos_encoding=True).image_embeds
-        assert_features(loaded.backbone(wider), expected)
+    output = "image_embeds" if projection else "pooler_output"
+    for size, resample in [(28, False), (42, True)]:
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            expected = getattr(reference(pixel_values=x, interpolate_pos_encoding=resample), output)
+            assert_features(loaded.backbone(x), expected)
 
 
 def open_clip_layout(hf_state: dict) -> dict:

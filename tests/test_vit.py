@@ -6,6 +6,11 @@ from clusterclr.models.backbone_spec import BackboneSpec
 from clusterclr.models.vit import VIT_SIZES, VisionTransformer, build_vit, vit_name
 
 
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)
+
+
 def tiny(**options):
     torch.manual_seed(0)
     defaults = {"dim": 32, "depth": 2, "heads": 4, "patch_size": 4, "image_size": 16}

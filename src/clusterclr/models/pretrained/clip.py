@@ -17,17 +17,15 @@ resolution from the position grid (224, or 336 for ViT-L/14@336px).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Mapping
 
 import torch
 
 from clusterclr.errors import UserError
 from clusterclr.models.pretrained.fitting import Plan, Source, ViTOptions, block_count, need, take
-from clusterclr.models.pretrained.result import clip
+from clusterclr.models.pretrained.result import clip_input
 from clusterclr.models.pretrained.vit_spec import Conventions, Parts, vit_spec
 
-_BLOCK = re.compile(r"blocks\.(\d+)\.(.+)")
 _BLOCK_PARTS = {
     "norm1.": "ln_1.",
     "norm2.": "ln_2.",
@@ -88,11 +86,11 @@ def plan(tensors: Mapping[str, torch.Tensor], family: str, options: ViTOptions, 
         for ours, theirs in _TOWER_PARTS.items():
             if name.startswith(ours):
                 return take(f"visual.{theirs}{name.removeprefix(ours)}")
-        index, part = _BLOCK.fullmatch(name).groups()  # type: ignore[union-attr]
+        _, index, part = name.split(".", 2)  # blocks.N.part
         for ours, theirs in _BLOCK_PARTS.items():
             if part.startswith(ours):
                 return take(f"visual.transformer.resblocks.{index}.{theirs}{part.removeprefix(ours)}")
         raise KeyError(name)
 
-    preprocessing = clip(spec.kwargs["image_size"], spec.kwargs["patch_size"])
+    preprocessing = clip_input(spec.kwargs["image_size"], spec.kwargs["patch_size"])
     return Plan(spec, source, lambda key: not key.startswith("visual."), preprocessing)

@@ -96,7 +96,7 @@ def fit(backbone: nn.Module, state: Mapping[str, torch.Tensor], plan: Plan, orig
             if source.optional:
                 target[name] = expected.detach()
                 continue
-            raise UserError(f"{origin} does not fit a {_described(plan.spec)}: it has no {absent[0]}")
+            raise UserError(f"{origin} does not fit a {described(plan.spec)}: it has no {absent[0]}")
         tensors = [state[key] for key in source.keys]
         try:
             value = source.combine(tensors)
@@ -106,7 +106,7 @@ def fit(backbone: nn.Module, state: Mapping[str, torch.Tensor], plan: Plan, orig
             found = ", ".join(f"{key} is {_shape(t)}" for key, t in zip(source.keys, tensors))
             needed = _shape(expected) if len(source.keys) == 1 else f"{_shape(expected)} from them for its {name}"
             raise UserError(
-                f"{origin} does not fit a {_described(plan.spec)}: {found} in the file, {needed} needed"
+                f"{origin} does not fit a {described(plan.spec)}: {found} in the file, {needed} needed"
             )
         target[name] = value
         used.update(source.keys)
@@ -114,12 +114,12 @@ def fit(backbone: nn.Module, state: Mapping[str, torch.Tensor], plan: Plan, orig
     if unused:
         more = f" and {len(unused) - 3} more" if len(unused) > 3 else ""
         raise UserError(
-            f"{origin} has weights a {_described(plan.spec)} has no place for: {', '.join(unused[:3])}{more}"
+            f"{origin} has weights a {described(plan.spec)} has no place for: {', '.join(unused[:3])}{more}"
         )
     backbone.load_state_dict(target, strict=True)
 
 
-def _described(spec: BackboneSpec) -> str:
+def described(spec: BackboneSpec) -> str:
     if spec.name == "vit":
         return f"ViT of width {spec.kwargs['dim']}, depth {spec.kwargs['depth']}"
     return spec.name

@@ -14,16 +14,14 @@ for the register models; it uses GELU and a LayerNorm epsilon of 1e-6.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Mapping
 
 import torch
 
 from clusterclr.models.pretrained.fitting import Plan, Source, ViTOptions, block_count, concatenate, need, take
-from clusterclr.models.pretrained.result import imagenet
+from clusterclr.models.pretrained.result import imagenet_input
 from clusterclr.models.pretrained.vit_spec import Conventions, Parts, vit_spec
 
-_BLOCK = re.compile(r"blocks\.(\d+)\.(.+)")
 _SAME_IN_BLOCK = ("norm1.", "norm2.", "mlp.")
 _EMBEDDINGS = {
     "cls_token": "embeddings.cls_token",
@@ -68,7 +66,7 @@ def plan(tensors: Mapping[str, torch.Tensor], family: str, options: ViTOptions, 
             return take(name.replace("patch_embed.", "embeddings.patch_embeddings.projection.", 1))
         if name.startswith("norm."):
             return take(name.replace("norm.", "layernorm.", 1))
-        index, part = _BLOCK.fullmatch(name).groups()  # type: ignore[union-attr]
+        _, index, part = name.split(".", 2)  # blocks.N.part
         layer = f"encoder.layer.{index}."
         if part.startswith("attn.qkv."):
             tensor = part.removeprefix("attn.qkv.")
@@ -81,4 +79,5 @@ def plan(tensors: Mapping[str, torch.Tensor], family: str, options: ViTOptions, 
             return take(layer + part)
         raise KeyError(name)
 
-    return Plan(spec, source, lambda key: key == "embeddings.mask_token", imagenet(224, patch_weight.shape[-1]))
+    preprocessing = imagenet_input(224, spec.kwargs["patch_size"])
+    return Plan(spec, source, lambda key: key == "embeddings.mask_token", preprocessing)

@@ -17,7 +17,7 @@ import torch
 
 from clusterclr.errors import UserError
 from clusterclr.models.pretrained import clip, hf_clip, hf_dinov2, resnet, vit_timm
-from clusterclr.models.pretrained.fitting import Plan, ViTOptions, fit
+from clusterclr.models.pretrained.fitting import Plan, ViTOptions, described, fit
 from clusterclr.models.pretrained.reading import listed, read_weights
 from clusterclr.models.pretrained.result import Pretrained
 
@@ -85,7 +85,7 @@ def load_pretrained(
     origin = f"{path} ({family})"
     plan = FAMILIES[family].plan(weights.tensors, family, options, origin)
     if backbone is not None and backbone != plan.spec.name:
-        raise UserError(f"{origin} holds a {plan.spec.name}, not the {backbone} asked for")
+        raise UserError(f"{origin} holds a {described(plan.spec)}, not the {backbone} asked for")
     model = plan.spec.build()
     fit(model, weights.tensors, plan, origin)
     return Pretrained(model, family, plan.preprocessing, plan.spec, weights.unwrapped)

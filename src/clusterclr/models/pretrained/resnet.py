@@ -15,7 +15,6 @@ transformers names ``embedder.embedder.convolution``/``normalization``,
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Mapping
 
 import torch
@@ -23,7 +22,7 @@ import torch
 from clusterclr.errors import UserError
 from clusterclr.models.backbone_spec import BackboneSpec
 from clusterclr.models.pretrained.fitting import Plan, Source, ViTOptions, block_count, need
-from clusterclr.models.pretrained.result import imagenet
+from clusterclr.models.pretrained.result import imagenet_input
 
 # (bottleneck blocks?, blocks per stage) of the ResNets clusterclr builds.
 _DEPTHS = {
@@ -31,7 +30,6 @@ _DEPTHS = {
     (False, (3, 4, 6, 3)): "resnet34",
     (True, (3, 4, 6, 3)): "resnet50",
 }
-_OUR_BLOCK_TENSOR = re.compile(r"stages\.(\d)\.(\d+)\.(.+)")
 
 
 def recognise_torchvision(keys: Collection[str]) -> bool:
@@ -52,11 +50,11 @@ def plan_torchvision(tensors: Mapping[str, torch.Tensor], family: str, options: 
             layer, tensor = name.removeprefix("stem.").split(".", 1)
             key = f"{'conv1' if layer == '0' else 'bn1'}.{tensor}"
         else:
-            stage, block, tensor = _OUR_BLOCK_TENSOR.fullmatch(name).groups()  # type: ignore[union-attr]
+            _, stage, block, tensor = name.split(".", 3)  # stages.S.B.tensor
             key = f"layer{int(stage) + 1}.{block}.{tensor.replace('shortcut.', 'downsample.')}"
         return _optional_counter(key)
 
-    return Plan(spec, source, lambda key: key.startswith("fc."), imagenet())
+    return Plan(spec, source, lambda key: key.startswith("fc."), imagenet_input())
 
 
 def plan_hf(tensors: Mapping[str, torch.Tensor], family: str, options: ViTOptions, origin: str) -> Plan:
@@ -68,7 +66,7 @@ def plan_hf(tensors: Mapping[str, torch.Tensor], family: str, options: ViTOption
         if name.startswith("stem."):
             layer, tensor = name.removeprefix("stem.").split(".", 1)
             return _optional_counter(f"embedder.embedder.{_hf_part(layer == '0')}.{tensor}")
-        stage, block, tensor = _OUR_BLOCK_TENSOR.fullmatch(name).groups()  # type: ignore[union-attr]
+        _, stage, block, tensor = name.split(".", 3)  # stages.S.B.tensor
         module, tensor = tensor.split(".", 1)
         if module == "shortcut":
             layer, tensor = tensor.split(".", 1)
@@ -77,7 +75,7 @@ def plan_hf(tensors: Mapping[str, torch.Tensor], family: str, options: ViTOption
             part = f"layer.{int(module[-1]) - 1}.{_hf_part(module.startswith('conv'))}"
         return _optional_counter(f"encoder.stages.{stage}.layers.{block}.{part}.{tensor}")
 
-    return Plan(spec, source, lambda key: False, imagenet())
+    return Plan(spec, source, lambda key: False, imagenet_input())
 
 
 def _spec(stem: torch.Tensor, bottleneck: bool, blocks: tuple[int, ...], origin: str) -> BackboneSpec:

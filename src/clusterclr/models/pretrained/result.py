@@ -30,11 +30,11 @@ class Preprocessing:
     patch_size: int | None = None
 
 
-def imagenet(resolution: int = 224, patch_size: int | None = None) -> Preprocessing:
+def imagenet_input(resolution: int = 224, patch_size: int | None = None) -> Preprocessing:
     return Preprocessing(IMAGENET_MEAN, IMAGENET_STD, resolution, patch_size)
 
 
-def clip(resolution: int, patch_size: int) -> Preprocessing:
+def clip_input(resolution: int, patch_size: int) -> Preprocessing:
     return Preprocessing(CLIP_MEAN, CLIP_STD, resolution, patch_size)
 
 

@@ -122,12 +122,15 @@ class _WeightsUnpickler(pickle.Unpickler):
         self._prefix = prefix
 
     def find_class(self, module: str, name: str) -> Any:
+        # Fresh objects on every request: a pickle can set attributes on what it is given (BUILD), and
+        # must not reach this module's own classes and functions through them.
         if module == "__torch__" or module.startswith("__torch__."):
-            return _ScriptObject
+            return type(name, (_ScriptObject,), {})
         if module == "torch" and name in _STORAGE_DTYPES:
             return _Storage(_STORAGE_DTYPES[name])
         if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
+            allowed = _ALLOWED[(module, name)]
+            return lambda *args: allowed(*args)
         raise _Refused(f"{module}.{name}")
 
     def persistent_load(self, pid: Any) -> torch.Tensor:

@@ -36,10 +36,10 @@ import torch
 
 from clusterclr.errors import UserError
 from clusterclr.models.pretrained.fitting import Plan, Source, ViTOptions, need, take
-from clusterclr.models.pretrained.result import clip, imagenet
+from clusterclr.models.pretrained.result import clip_input, imagenet_input
 from clusterclr.models.pretrained.vit_spec import Conventions, Parts, vit_spec
 
-_BLOCK = re.compile(r"blocks\.(?:\d+\.)?(\d+)\.")
+_BLOCK = re.compile(r"blocks\.(\d+)\.")
 _CHUNKED_BLOCK = re.compile(r"(blocks\.\d+\.(\d+)\.)")
 
 
@@ -68,7 +68,7 @@ def plan(tensors: Mapping[str, torch.Tensor], family: str, options: ViTOptions, 
     first = block_prefix.get(0, "blocks.0.")
     spec = vit_spec(
         patch_weight=patch_weight,
-        depth=len(block_prefix),
+        depth=max(block_prefix) + 1 if block_prefix else 0,
         patch_positions=patch_positions,
         mlp_weight=need(tensors, f"{first}mlp.fc1.weight", origin),
         parts=Parts(
@@ -85,9 +85,9 @@ def plan(tensors: Mapping[str, torch.Tensor], family: str, options: ViTOptions, 
 
     patch_size = spec.kwargs["patch_size"]
     if family == "dinov2":
-        preprocessing = imagenet(224, patch_size)
+        preprocessing = imagenet_input(224, patch_size)
     else:
-        preprocessing = (clip if pre_norm else imagenet)(spec.kwargs["image_size"], patch_size)
+        preprocessing = (clip_input if pre_norm else imagenet_input)(spec.kwargs["image_size"], patch_size)
 
     def source(name: str) -> Source:
         if name == "pos_embed":
