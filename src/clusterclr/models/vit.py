@@ -108,9 +108,9 @@ class VisionTransformer(nn.Module):
     (``image_size // patch_size`` positions a side); other sizes resample it
     bicubically. ``interpolate_offset`` > 0 resamples as the original DINOv2
     code does, by a scale factor of (new + offset) / old rather than to a
-    size; ``interpolate_antialias`` low-pass filters when shrinking (timm,
-    DINOv2 with registers). The weights of each family were used one way, and
-    the loader picks it.
+    size; ``interpolate_antialias`` takes PyTorch's antialiased bicubic
+    kernel, as timm and DINOv2 with registers do. Each family's weights were
+    used one way, and the loader picks it.
     """
 
     def __init__(
