@@ -1,0 +1,595 @@
+"""Loading weight files of published layouts, against the reference implementations where there is one.
+
+Reference models are transformers' (DINOv2, CLIP, ResNet), built from tiny
+random configurations and saved in their own format; files of the other
+layouts are written here from the names their libraries use. Nothing is
+downloaded.
+"""
+
+import argparse
+import os
+import pickle
+import re
+import zipfile
+from collections import OrderedDict
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from clusterclr.errors import UserError
+from clusterclr.models.pretrained import CLIP_MEAN, IMAGENET_MEAN, load_pretrained
+
+ATOL = 1e-5
+# OpenAI's CLIP files are TorchScript archives; scripting is the only way to write one.
+scripting = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights everywhere (norm gains near 1, positive variances), so a misplaced tensor shows."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point():
+                continue
+            noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32).to(tensor.dtype)
+            if name.endswith("running_var"):
+                tensor.copy_(noise.abs() + 0.5)
+            elif tensor.ndim == 1 and name.endswith(("weight", "gamma", "lambda1")):
+                tensor.copy_(1 + 0.1 * noise)
+            else:
+                tensor.copy_(0.1 * noise)
+    return model.eval()
+
+
+def user_error(call, *args, **kwargs) -> str:
+    with pytest.raises(UserError) as caught:
+        call(*args, **kwargs)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def assert_features(ours: torch.Tensor, reference: torch.Tensor) -> None:
+    torch.testing.assert_close(ours, reference, rtol=0, atol=ATOL)
+
+
+# ---------------------------------------------------------------- transformers' DINOv2
+
+
+def hf_dinov2(registers: int = 0, hidden: int = 128, heads: int = 2):
+    transformers = pytest.importorskip("transformers")
+    options = {"hidden_size": hidden, "num_hidden_layers": 2, "num_attention_heads": heads, "mlp_ratio": 2}
+    options |= {"image_size": 28, "patch_size": 7}
+    if registers:
+        config = transformers.Dinov2WithRegistersConfig(num_register_tokens=registers, **options)
+        return randomize(transformers.Dinov2WithRegistersModel(config))
+    return randomize(transformers.Dinov2Model(transformers.Dinov2Config(**options)))
+
+
+def test_hf_dinov2_matches_transformers_at_any_size(tmp_path):
+    reference = hf_dinov2()
+    reference.save_pretrained(tmp_path)
+    loaded = load_pretrained(tmp_path / "model.safetensors")  # 128 wide: two 64-dimensional heads
+    assert loaded.family == "hf-dinov2" and loaded.backbone.feature_dim == 128
+    assert loaded.preprocessing.mean == IMAGENET_MEAN and loaded.preprocessing.patch_size == 7
+    for size in [(28, 28), (42, 35)]:  # the second resamples the 4×4 positions to 6×5
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            assert_features(loaded.backbone(x), reference(pixel_values=x).pooler_output)
+
+
+def test_hf_dinov2_in_memory_names_of_transformers_5(tmp_path):
+    reference = hf_dinov2()
+    torch.save(reference.state_dict(), tmp_path / "state.pth")  # attention.q_proj…, not attention.attention.query…
+    loaded = load_pretrained(tmp_path / "state.pth")
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        assert_features(loaded.backbone(x), reference(pixel_values=x).pooler_output)
+
+
+def test_hf_dinov2_with_registers_and_cls_mean_pooling(tmp_path):
+    reference = hf_dinov2(registers=3, hidden=32, heads=4)
+    reference.save_pretrained(tmp_path)
+    loaded = load_pretrained(tmp_path / "model.safetensors", heads=4, pooling="cls+mean")
+    assert loaded.spec.kwargs["registers"] == 3 and loaded.backbone.feature_dim == 64
+    for size in [(28, 28), (21, 35)]:
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            tokens = reference(pixel_values=x).last_hidden_state
+            expected = torch.cat([tokens[:, 0], tokens[:, 4:].mean(dim=1)], dim=1)
+            assert_features(loaded.backbone(x), expected)
+
+
+# ---------------------------------------------------------------- the official DINOv2 layout and timm's
+
+
+def saved_state(model, directory) -> dict:
+    """The tensors as transformers writes them to files (its modules name some differently in memory)."""
+    model.save_pretrained(directory)
+    return load_file(directory / "model.safetensors")
+
+
+def official_dinov2(hf_state: dict, registers: int) -> dict:
+    """transformers' DINOv2 tensors under the names of facebookresearch/dinov2's checkpoints."""
+    state = {
+        "cls_token": hf_state["embeddings.cls_token"],
+        "pos_embed": hf_state["embeddings.position_embeddings"],
+        "mask_token": hf_state["embeddings.mask_token"],
+        "patch_embed.proj.weight": hf_state["embeddings.patch_embeddings.projection.weight"],
+        "patch_embed.proj.bias": hf_state["embeddings.patch_embeddings.projection.bias"],
+        "norm.weight": hf_state["layernorm.weight"],
+        "norm.bias": hf_state["layernorm.bias"],
+    }
+    if registers:
+        state["register_tokens"] = hf_state["embeddings.register_tokens"]
+    for i in range(2):
+        hf, block = f"encoder.layer.{i}.", f"blocks.{i}."
+        for t in ("weight", "bias"):
+            parts = [hf_state[f"{hf}attention.attention.{p}.{t}"] for p in ("query", "key", "value")]
+            state[f"{block}attn.qkv.{t}"] = torch.cat(parts)
+            state[f"{block}attn.proj.{t}"] = hf_state[f"{hf}attention.output.dense.{t}"]
+            for part in ("norm1", "norm2", "mlp.fc1", "mlp.fc2"):
+                state[f"{block}{part}.{t}"] = hf_state[f"{hf}{part}.{t}"]
+        state[f"{block}ls1.gamma"] = hf_state[f"{hf}layer_scale1.lambda1"]
+        state[f"{block}ls2.gamma"] = hf_state[f"{hf}layer_scale2.lambda1"]
+    return state
+
+
+def test_official_dinov2_checkpoint_in_a_dino_teacher_with_chunked_blocks(tmp_path):
+    reference = hf_dinov2()
+    state = official_dinov2(saved_state(reference, tmp_path), registers=0)
+    # The training code's checkpoint: blocks in chunks (blocks.C.N), the teacher beside the student, arguments.
+    into_chunks = lambda m: f"blocks.{int(m.group(1)) // 2}.{m.group(1)}."  # noqa: E731
+    chunked = {re.sub(r"^blocks\.(\d+)\.", into_chunks, k): v for k, v in state.items()}
+    teacher = {f"backbone.{k}": v for k, v in chunked.items()} | {"dino_head.last_layer.weight": torch.zeros(8, 128)}
+    checkpoint = {"teacher": teacher, "student": {}, "iteration": 7, "args": argparse.Namespace(arch="vit_small")}
+    torch.save(checkpoint, tmp_path / "teacher_checkpoint.pth")
+    loaded = load_pretrained(tmp_path / "teacher_checkpoint.pth")
+    assert loaded.family == "dinov2" and loaded.unwrapped == ("teacher", "backbone.")
+    assert loaded.spec.kwargs["interpolate_offset"] == 0.1  # the original code's resampling of positions
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        assert_features(loaded.backbone(x), reference(pixel_values=x).pooler_output)
+
+
+def test_dinov2_with_registers_official_and_timm_ports_agree_with_transformers(tmp_path):
+    reference = hf_dinov2(registers=2, hidden=32, heads=4)
+    official = official_dinov2(saved_state(reference, tmp_path), registers=2)
+    save_file(official, tmp_path / "official.safetensors")
+    # timm's _convert_dinov2: registers as reg_token, the class position added into the class token.
+    timm = {k: v for k, v in official.items() if k not in ("register_tokens", "mask_token", "cls_token", "pos_embed")}
+    timm |= {"reg_token": official["register_tokens"], "pos_embed": official["pos_embed"][:, 1:].contiguous()}
+    timm |= {"cls_token": official["cls_token"] + official["pos_embed"][:, :1], "head.weight": torch.zeros(5, 32)}
+    save_file(timm, tmp_path / "timm.safetensors")
+    x = torch.randn(2, 3, 35, 42)
+    with torch.no_grad():
+        expected = reference(pixel_values=x).pooler_output
+        for name, family in [("official", "dinov2"), ("timm", "timm-vit")]:
+            loaded = load_pretrained(tmp_path / f"{name}.safetensors", heads=4)
+            assert loaded.family == family
+            assert_features(loaded.backbone(x), expected)
+
+
+def timm_vit_small_patch16_224() -> dict:
+    """Every tensor of timm's vit_small_patch16_224 with its shape, random values."""
+    state = {"cls_token": (1, 1, 384), "pos_embed": (1, 197, 384), "patch_embed.proj.weight": (384, 3, 16, 16)}
+    state |= {"patch_embed.proj.bias": (384,), "norm.weight": (384,), "norm.bias": (384,)}
+    state |= {"head.weight": (1000, 384), "head.bias": (1000,)}
+    for i in range(12):
+        shapes = {"norm1": (384,), "attn.qkv": (1152, 384), "attn.proj": (384, 384), "norm2": (384,)}
+        shapes |= {"mlp.fc1": (1536, 384), "mlp.fc2": (384, 1536)}
+        for part, shape in shapes.items():
+            state[f"blocks.{i}.{part}.weight"] = shape
+            state[f"blocks.{i}.{part}.bias"] = shape[:1]
+    assert len(state) == 152
+    generator = torch.Generator().manual_seed(1)
+    return {k: torch.randn(shape, generator=generator) for k, shape in state.items()}
+
+
+def test_timm_vit_small_file_loads_strictly(tmp_path):
+    state = timm_vit_small_patch16_224()
+    save_file(state, tmp_path / "model.safetensors")
+    loaded = load_pretrained(tmp_path / "model.safetensors", backbone="vit_small")
+    assert loaded.family == "timm-vit" and loaded.spec.name == "vit_small"
+    assert loaded.spec.kwargs["patch_size"] == 16 and loaded.preprocessing.resolution == 224
+    ours = loaded.backbone.state_dict()
+    assert torch.equal(ours["blocks.11.attn.qkv.weight"], state["blocks.11.attn.qkv.weight"])
+    assert torch.equal(ours["patch_embed.weight"], state["patch_embed.proj.weight"])
+    assert loaded.backbone(torch.randn(1, 3, 64, 48)).shape == (1, 384)
+
+
+def test_official_dinov2_vit_s14_with_registers_loads_strictly(tmp_path):
+    shapes = {"cls_token": (1, 1, 384), "pos_embed": (1, 1370, 384), "register_tokens": (1, 4, 384)}
+    shapes |= {"mask_token": (1, 384), "patch_embed.proj.weight": (384, 3, 14, 14), "patch_embed.proj.bias": (384,)}
+    shapes |= {"norm.weight": (384,), "norm.bias": (384,)}
+    for i in range(12):
+        block = {"norm1": (384,), "attn.qkv": (1152, 384), "attn.proj": (384, 384), "norm2": (384,)}
+        block |= {"mlp.fc1": (1536, 384), "mlp.fc2": (384, 1536)}
+        for part, shape in block.items():
+            shapes |= {f"blocks.{i}.{part}.weight": shape, f"blocks.{i}.{part}.bias": shape[:1]}
+        shapes |= {f"blocks.{i}.ls1.gamma": (384,), f"blocks.{i}.ls2.gamma": (384,)}
+    torch.save({k: torch.randn(s) for k, s in shapes.items()}, tmp_path / "dinov2_vits14_reg4_pretrain.pth")
+    loaded = load_pretrained(tmp_path / "dinov2_vits14_reg4_pretrain.pth")
+    assert loaded.family == "dinov2" and loaded.spec.name == "vit_small"
+    kwargs = loaded.spec.kwargs
+    assert (kwargs["patch_size"], kwargs["image_size"], kwargs["registers"]) == (14, 518, 4)
+    assert kwargs["interpolate_antialias"] and loaded.preprocessing.resolution == 224
+
+
+# ---------------------------------------------------------------- CLIP
+
+
+def hf_clip(activation: str, projection: bool = True):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=28,
+        patch_size=7, projection_dim=16, hidden_act=activation,
+    )
+    model = transformers.CLIPVisionModelWithProjection if projection else transformers.CLIPVisionModel
+    return randomize(model(config))
+
+
+@pytest.mark.parametrize("projection", [True, False])
+def test_hf_clip_matches_transformers_at_any_size(tmp_path, projection):
+    reference = hf_clip("quick_gelu", projection)
+    reference.save_pretrained(tmp_path)
+    loaded = load_pretrained(tmp_path / "model.safetensors", heads=4)
+    assert loaded.family == "hf-clip" and loaded.backbone.feature_dim == (16 if projection else 32)
+    assert loaded.preprocessing.mean == CLIP_MEAN and loaded.preprocessing.resolution == 28
+    output = "image_embeds" if projection else "pooler_output"
+    for size, resample in [(28, False), (42, True)]:
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            expected = getattr(reference(pixel_values=x, interpolate_pos_encoding=resample), output)
+            assert_features(loaded.backbone(x), expected)
+
+
+def open_clip_layout(hf_state: dict) -> dict:
+    """transformers' CLIP vision tensors under OpenAI's and open_clip's names, with a text tower beside."""
+    v = "vision_model."
+    state = {
+        "visual.class_embedding": hf_state[f"{v}embeddings.class_embedding"],
+        "visual.conv1.weight": hf_state[f"{v}embeddings.patch_embedding.weight"],
+        "visual.positional_embedding": hf_state[f"{v}embeddings.position_embedding.weight"],
+        "visual.proj": hf_state["visual_projection.weight"].T.contiguous(),
+        "logit_scale": torch.tensor(4.6),
+        "text_projection": torch.zeros(32, 16),
+        "transformer.resblocks.0.attn.in_proj_weight": torch.zeros(96, 32),
+    }
+    for ours, theirs in [("ln_pre", "pre_layrnorm"), ("ln_post", "post_layernorm")]:
+        for t in ("weight", "bias"):
+            state[f"visual.{ours}.{t}"] = hf_state[f"{v}{theirs}.{t}"]
+    for i in range(2):
+        hf, block = f"{v}encoder.layers.{i}.", f"visual.transformer.resblocks.{i}."
+        for t in ("weight", "bias"):
+            state[f"{block}attn.in_proj_{t}"] = torch.cat([hf_state[f"{hf}self_attn.{p}_proj.{t}"] for p in "qkv"])
+            state[f"{block}attn.out_proj.{t}"] = hf_state[f"{hf}self_attn.out_proj.{t}"]
+            renames = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+            for ours, theirs in renames.items():
+                state[f"{block}{ours}.{t}"] = hf_state[f"{hf}{theirs}.{t}"]
+    return state
+
+
+def test_open_clip_checkpoint_matches_transformers(tmp_path):
+    reference = hf_clip("gelu")  # open_clip's ViTs use GELU
+    state = {f"module.{k}": v for k, v in open_clip_layout(reference.state_dict()).items()}
+    checkpoint = {"epoch": 32, "name": "run", "state_dict": state}
+    torch.save(checkpoint, tmp_path / "epoch_32.pt")
+    loaded = load_pretrained(tmp_path / "epoch_32.pt", heads=4)
+    assert loaded.family == "open-clip" and loaded.unwrapped == ("state_dict", "module.")
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        assert_features(loaded.backbone(x), reference(pixel_values=x).image_embeds)
+    rebuilt = loaded.spec.build().eval()
+    rebuilt.load_state_dict(loaded.backbone.state_dict())
+    assert torch.equal(rebuilt(x), loaded.backbone(x))
+
+
+class QuickGELU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """OpenAI CLIP's block (clip/model.py), sequence-first as there."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(width, heads)
+        self.ln_1 = nn.LayerNorm(width)
+        layers = [("c_fc", nn.Linear(width, 4 * width)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(4 * width, width))]
+        self.mlp = nn.Sequential(OrderedDict(layers))
+        self.ln_2 = nn.LayerNorm(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.ln_1(x)
+        x = x + self.attn(y, y, y, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, width: int, layers: int, heads: int) -> None:
+        super().__init__()
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads) for _ in range(layers)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.resblocks(x)
+
+
+class VisionTransformer(nn.Module):
+    """OpenAI CLIP's image tower (clip/model.py), tiny."""
+
+    def __init__(self, resolution: int = 28, patch: int = 7, width: int = 32, layers: int = 2, heads: int = 4) -> None:
+        super().__init__()
+        output_dim = 16
+        self.conv1 = nn.Conv2d(3, width, patch, patch, bias=False)
+        self.class_embedding = nn.Parameter(torch.randn(width))
+        self.positional_embedding = nn.Parameter(torch.randn((resolution // patch) ** 2 + 1, width))
+        self.ln_pre = nn.LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads)
+        self.ln_post = nn.LayerNorm(width)
+        self.proj = nn.Parameter(torch.randn(width, output_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        cls = self.class_embedding.to(x.dtype) + torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        x = self.ln_pre(x).permute(1, 0, 2)
+        x = self.transformer(x).permute(1, 0, 2)
+        return self.ln_post(x[:, 0, :]) @ self.proj
+
+
+class CLIP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.visual = VisionTransformer()
+        self.token_embedding = nn.Embedding(10, 32)
+        self.logit_scale = nn.Parameter(torch.ones([]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.visual(x) * self.logit_scale
+
+
+@scripting
+def test_openai_torchscript_archive_loads_without_running_it(tmp_path, monkeypatch):
+    model = randomize(CLIP()).half()  # OpenAI's archives hold half-precision weights
+    torch.jit.script(model).save(tmp_path / "ViT-B-32.pt")
+    reference = model.float()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.jit.load would run the archive's code")
+
+    monkeypatch.setattr(torch.jit, "load", refuse)
+    loaded = load_pretrained(tmp_path / "ViT-B-32.pt", heads=4)
+    assert loaded.family == "openai-clip" and loaded.spec.kwargs["activation"] == "quick_gelu"
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        assert_features(loaded.backbone(x), reference.visual(x))
+
+
+# ---------------------------------------------------------------- ResNets
+
+
+def hf_resnet(bottleneck: bool):
+    transformers = pytest.importorskip("transformers")
+    if bottleneck:  # ResNet-50 at an eighth of its width
+        config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[32, 64, 128, 256], depths=[3, 4, 6, 3])
+    else:  # ResNet-18 at an eighth of its width
+        config = transformers.ResNetConfig(
+            embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[2, 2, 2, 2], layer_type="basic"
+        )
+    return randomize(transformers.ResNetModel(config))
+
+
+def torchvision_layout(hf_state: dict) -> dict:
+    """transformers' ResNet tensors under torchvision's names, with a classifier."""
+    state = {}
+    for key, value in hf_state.items():
+        key = key.replace("embedder.embedder.convolution", "conv1").replace("embedder.embedder.normalization", "bn1")
+        block = re.match(r"encoder\.stages\.(\d)\.layers\.(\d+)\.(.+)", key)
+        if block:
+            stage, index, rest = block.groups()
+            rest = re.sub(r"layer\.(\d)\.convolution", lambda m: f"conv{int(m.group(1)) + 1}", rest)
+            rest = re.sub(r"layer\.(\d)\.normalization", lambda m: f"bn{int(m.group(1)) + 1}", rest)
+            rest = rest.replace("shortcut.convolution", "downsample.0")
+            rest = rest.replace("shortcut.normalization", "downsample.1")
+            key = f"layer{int(stage) + 1}.{index}.{rest}"
+        state[key] = value
+    features = state["layer4.0.bn1.weight"].shape[0] * (4 if "layer1.0.conv3.weight" in state else 1)
+    return state | {"fc.weight": torch.zeros(10, features), "fc.bias": torch.zeros(10)}
+
+
+@pytest.mark.parametrize("bottleneck, name", [(True, "resnet50"), (False, "resnet18")])
+def test_resnets_match_transformers_in_both_layouts(tmp_path, bottleneck, name):
+    reference = hf_resnet(bottleneck)
+    reference.save_pretrained(tmp_path)
+    torch.save(torchvision_layout(reference.state_dict()), tmp_path / "torchvision.pth")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = reference(pixel_values=x).pooler_output.flatten(1)
+        for file, family in [("model.safetensors", "hf-resnet"), ("torchvision.pth", "torchvision-resnet")]:
+            loaded = load_pretrained(tmp_path / file, backbone=name)
+            assert loaded.family == family
+            assert loaded.spec.kwargs == {"in_channels": 3, "stem": "imagenet", "width": 0.125}
+            assert loaded.preprocessing.mean == IMAGENET_MEAN and loaded.preprocessing.patch_size is None
+            assert_features(loaded.backbone.eval()(x), expected)
+
+
+def torchvision_resnet(bottleneck: bool, blocks: tuple[int, ...], counters: bool) -> dict:
+    """Every tensor of torchvision's resnet18/resnet50 state dict with its shape, random values."""
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def batch_norm(prefix: str, channels: int) -> None:
+        for t in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"{prefix}.{t}"] = (channels,)
+        if counters:
+            shapes[f"{prefix}.num_batches_tracked"] = ()
+
+    shapes["conv1.weight"] = (64, 3, 7, 7)
+    batch_norm("bn1", 64)
+    channels_in = 64
+    for stage, (count, planes) in enumerate(zip(blocks, (64, 128, 256, 512))):
+        out = planes * (4 if bottleneck else 1)
+        for b in range(count):
+            prefix = f"layer{stage + 1}.{b}"
+            if bottleneck:
+                convs = [(planes, channels_in, 1), (planes, planes, 3), (out, planes, 1)]
+            else:
+                convs = [(planes, channels_in, 3), (planes, planes, 3)]
+            for k, (o, i, size) in enumerate(convs, 1):
+                shapes[f"{prefix}.conv{k}.weight"] = (o, i, size, size)
+                batch_norm(f"{prefix}.bn{k}", o)
+            if b == 0 and (stage > 0 or channels_in != out):
+                shapes[f"{prefix}.downsample.0.weight"] = (out, channels_in, 1, 1)
+                batch_norm(f"{prefix}.downsample.1", out)
+            channels_in = out
+    shapes |= {"fc.weight": (1000, channels_in), "fc.bias": (1000,)}
+    generator = torch.Generator().manual_seed(2)
+    return {
+        k: torch.tensor(5) if k.endswith("tracked") else torch.rand(shape, generator=generator) + 0.1
+        for k, shape in shapes.items()
+    }
+
+
+@pytest.mark.parametrize(
+    "name, bottleneck, blocks, counters, count",
+    [("resnet18", False, (2, 2, 2, 2), False, 102), ("resnet50", True, (3, 4, 6, 3), True, 320)],
+)
+def test_torchvision_files_load_strictly(tmp_path, name, bottleneck, blocks, counters, count):
+    state = torchvision_resnet(bottleneck, blocks, counters)
+    assert len(state) == count  # the real files' tensor counts (resnet18's file has no batch-norm counters)
+    torch.save(state, tmp_path / f"{name}.pth")
+    loaded = load_pretrained(tmp_path / f"{name}.pth")
+    assert loaded.family == "torchvision-resnet" and loaded.spec.name == name
+    ours = loaded.backbone.state_dict()
+    assert torch.equal(ours["stem.0.weight"], state["conv1.weight"])
+    assert torch.equal(ours["stem.1.running_var"], state["bn1.running_var"])
+    assert torch.equal(ours["stages.3.1.bn2.running_var"], state["layer4.1.bn2.running_var"])
+    assert torch.equal(ours["stages.1.0.shortcut.1.weight"], state["layer2.0.downsample.1.weight"])
+    assert int(ours["stages.2.0.bn1.num_batches_tracked"]) == (5 if counters else 0)
+
+
+def prefixed(state: dict, prefix: str) -> dict:
+    return {f"{prefix}{k}": v for k, v in state.items()}
+
+
+@pytest.mark.parametrize(
+    "wrap, steps",
+    [
+        (lambda s: prefixed(s, "module."), ("module.",)),  # DistributedDataParallel
+        (lambda s: prefixed(s, "_orig_mod."), ("_orig_mod.",)),  # torch.compile
+        (  # MoCo: the query encoder beside the key encoder and the queue
+            lambda s: {"state_dict": prefixed(s, "module.encoder_q.") | prefixed(s, "module.encoder_k.")},
+            ("state_dict", "module.", "encoder_q."),
+        ),
+        (  # Lightning: a module holding the backbone beside a head
+            lambda s: {"epoch": 3, "state_dict": prefixed(s, "model.backbone.") | {"model.head.bias": s["fc.bias"]}},
+            ("state_dict", "model.", "backbone."),
+        ),
+        (lambda s: {"model": s, "optimizer": {}}, ("model",)),
+        (lambda s: {"student": prefixed(s, "backbone.")}, ("student", "backbone.")),
+    ],
+)
+def test_training_wrappers_come_off(tmp_path, wrap, steps):
+    state = torchvision_layout(hf_resnet(bottleneck=False).state_dict())
+    torch.save(wrap(state), tmp_path / "checkpoint.pth")
+    loaded = load_pretrained(tmp_path / "checkpoint.pth")
+    assert loaded.unwrapped == steps
+    assert torch.equal(loaded.backbone.state_dict()["stages.3.1.conv2.weight"], state["layer4.1.conv2.weight"])
+
+
+# ---------------------------------------------------------------- files that do not load
+
+
+@pytest.fixture
+def resnet18_file(tmp_path):
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision_layout(hf_resnet(bottleneck=False).state_dict()), path)
+    return path
+
+
+@scripting
+def test_truncated_files_are_refused(tmp_path, resnet18_file):
+    hf_dinov2().save_pretrained(tmp_path / "hf")
+    model = CLIP()
+    torch.jit.script(model).save(tmp_path / "clip.pt")
+    for path in [resnet18_file, tmp_path / "hf" / "model.safetensors", tmp_path / "clip.pt"]:
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        assert "cannot load" in user_error(load_pretrained, path)
+    (tmp_path / "empty.pth").write_bytes(b"")
+    assert "cannot load" in user_error(load_pretrained, tmp_path / "empty.pth")
+
+
+class RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_pickle_that_runs_code_is_refused_unrun(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"conv1.weight": torch.zeros(1), "payload": RunsCode(marker)}, tmp_path / "evil.pth")
+    message = user_error(load_pretrained, tmp_path / "evil.pth")
+    assert "refused" in message and "nothing in it was run" in message
+    # The same payload as the module tree of a TorchScript archive, which OpenAI's CLIP files are.
+    with zipfile.ZipFile(tmp_path / "evil.pt", "w") as archive:
+        archive.writestr("evil/data.pkl", pickle.dumps(RunsCode(marker), protocol=2))
+        archive.writestr("evil/constants.pkl", pickle.dumps((), protocol=2))
+        archive.writestr("evil/version", "3\n")
+    message = user_error(load_pretrained, tmp_path / "evil.pt")
+    assert "system" in message and "nothing in it was run" in message
+    assert not marker.exists()
+
+
+def test_unknown_layout_lists_its_tensors(tmp_path):
+    save_file({"encoder.conv.weight": torch.zeros(2), "decoder.fc.bias": torch.zeros(2)}, tmp_path / "vae.safetensors")
+    message = user_error(load_pretrained, tmp_path / "vae.safetensors")
+    assert "encoder.conv.weight" in message and "decoder.fc.bias" in message and "torchvision-resnet" in message
+
+
+def test_wrong_family_or_architecture_asked_for(resnet18_file):
+    assert "not in the hf-clip layout: it looks like torchvision-resnet" in user_error(
+        load_pretrained, resnet18_file, "hf-clip"
+    )
+    message = user_error(load_pretrained, resnet18_file, backbone="resnet50")
+    assert "holds a resnet18, not the resnet50 asked for" in message
+    assert "apply to ViTs" in user_error(load_pretrained, resnet18_file, pooling="cls+mean")
+    assert "unknown weights family" in user_error(load_pretrained, resnet18_file, "keras")
+    assert "no weights file" in user_error(load_pretrained, resnet18_file.with_name("absent.pth"))
+
+
+def test_a_file_that_does_not_fit_names_the_tensor(tmp_path):
+    base = torchvision_layout(hf_resnet(bottleneck=False).state_dict())
+    cases = [
+        (
+            {"layer3.0.conv1.weight": torch.zeros(32, 8, 3, 3)},
+            None,
+            "layer3.0.conv1.weight is (32, 8, 3, 3) in the file, (32, 16, 3, 3) needed",
+        ),
+        ({}, "layer2.1.bn1.running_mean", "it has no layer2.1.bn1.running_mean"),
+        ({"layer1.0.se.fc.weight": torch.zeros(2)}, None, "no place for: layer1.0.se.fc.weight"),
+        ({"layer3.6.conv1.weight": torch.zeros(1)}, None, "ResNet of 2-2-7-2 basic blocks"),
+    ]
+    for changed, removed, expected in cases:
+        state = base | changed
+        state.pop(removed, None)
+        torch.save(state, tmp_path / "edited.pth")
+        assert expected in user_error(load_pretrained, tmp_path / "edited.pth")
+
+
+def test_a_vit_width_without_standard_heads_needs_them(tmp_path):
+    hf_clip("quick_gelu").save_pretrained(tmp_path)
+    assert "give the head count" in user_error(load_pretrained, tmp_path / "model.safetensors")
+    message = user_error(load_pretrained, tmp_path / "model.safetensors", heads=4, activation="relu")
+    assert "unknown activation" in message
