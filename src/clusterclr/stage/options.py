@@ -18,15 +18,28 @@ class StageOptions:
 
     ``clusters`` K' outputs per head (over-clustering, K' above the number
     of classes, is allowed); ``heads`` trained at once, the lowest-loss one
-    kept; ``hidden_dim`` None for linear heads (SCAN's), else a two-layer
-    MLP per head; ``neighbours`` k mined per image, one drawn at random per
-    anchor and step. ``lr``, ``weight_decay``: AdamW, constant rate.
+    kept; ``hidden_dim`` None for linear heads, else a two-layer MLP per
+    head. SCAN's heads end in a plain linear layer, TEMI's in a cosine one
+    (bounded logits; with plain linear heads TEMI reached only ACC 0.70 on
+    digits). ``neighbours`` k mined per image (None: the method's paper,
+    20 for SCAN, 50 for TEMI), one drawn at random per anchor and step.
+    ``lr``, ``weight_decay``: AdamW at a constant rate.
 
     SCAN: ``entropy_weight`` λ (5 in the paper). TEMI: ``beta`` (0.6),
-    ``student_temperature`` τ_s and ``teacher_temperature`` τ_t,
+    ``student_temperature`` τ_s and ``teacher_temperature`` τ_t (0.1 each),
     ``teacher_momentum`` of the teacher heads' EMA, ``marginal_momentum``
-    of the cluster marginal's. Self-labelling: ``self_label_epochs`` (0:
-    none) on images with confidence above ``confidence``, at ``self_label_lr``.
+    (0.9) of the cluster marginal's. Self-labelling: ``self_label_epochs``
+    (0: none) on images with confidence above ``confidence``, at
+    ``self_label_lr``.
+
+    Defaults measured on scikit-learn's digits (SimCLR features and raw
+    pixels, 3 seeds): the papers' lr of 1e-4 was meant for end-to-end
+    training; frozen heads need 1e-2 (1e-3 left SCAN at ACC 0.85 after 50
+    epochs, 1e-2 reached 0.95). The paper's teacher momentum 0.996 suits
+    thousands of steps; at digits' 700 the teacher lagged and TEMI stalled
+    at ACC 0.54–0.72, with 0.9 it reached 0.95. Self-labelling on frozen
+    features changed nothing there (ACC 0.958 with and without), so it is
+    off unless asked for.
     """
 
     clusters: int
