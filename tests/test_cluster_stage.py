@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from clusterclr.errors import UserError
-from clusterclr.evaluate.metrics import cluster_accuracy
+from clusterclr.clustering.metrics import cluster_accuracy
 from clusterclr.losses.scan import scan_loss
 from clusterclr.models.cluster_heads import MultiHeadClassifier, lowest_loss_head
 from clusterclr.stage.graph import neighbour_graph
