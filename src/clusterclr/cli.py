@@ -69,7 +69,11 @@ def _train_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from clusterclr import api
-    from clusterclr.commands.evaluate import checked_seeds, given_protocol_flags, protocol_options
+    from clusterclr.commands.evaluate import (
+        checked_seeds,
+        given_protocol_flags,
+        protocol_options,
+    )
     from clusterclr.evaluate.results import results_table
 
     run = api.Run(args.run_dir)
@@ -154,6 +158,35 @@ def _cluster(args: argparse.Namespace) -> int:
     if args.copy_to is not None:
         print(f"copies: {Path(args.copy_to)}/cluster_*/")
     return 0
+
+
+def _stage(args: argparse.Namespace) -> int:
+    from clusterclr import api
+    from clusterclr.commands.stage import parse_stage_overrides
+
+    if args.resume:
+        if args.run_dir or args.clusters or args.overrides:
+            raise UserError("--resume continues the saved stage with its own settings; drop RUN_DIR, --clusters and --set")
+        run = api.Run(args.resume)
+        print(f"continuing the clustering stage of {run.directory}", file=sys.stderr)
+        metrics = run.fit_stage(resume=True)
+    else:
+        if args.run_dir is None:
+            raise UserError("give the RUN_DIR to fit a clustering stage on (or --resume RUN_DIR)")
+        run = api.Run(args.run_dir)
+        clusters = None if args.clusters is None else args.clusters if args.clusters == "auto" else _positive_int(args.clusters)
+        print(f"fitting a clustering stage on the features of {run.directory}", file=sys.stderr)
+        metrics = run.fit_stage(clusters, parse_stage_overrides(args.overrides))
+    print(metrics_table(metrics))
+    stage = run.stage_summary()
+    print(f"stage: {stage}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"--clusters takes a positive number or auto, got {text!r}")
+    return int(text)
 
 
 def _assign(args: argparse.Namespace) -> int:
@@ -293,6 +326,19 @@ def build_parser() -> argparse.ArgumentParser:
                          help="finish an interrupted cluster run: continue its training, then write its clusters (only --copy-to may be added)")
     cluster.set_defaults(handler=_cluster)
 
+    stage = commands.add_parser(
+        "stage", help="fit a clustering stage (SCAN or TEMI cluster heads) on a trained run's features",
+        description="Trains cluster heads on the frozen features of the run's training images so that each image and "
+                    "its mined neighbours agree, keeps the lowest-loss head and saves it in the run: assign, embed, "
+                    "export, the report and evaluate --protocol head then use it.",
+    )
+    stage.add_argument("run_dir", nargs="?")
+    stage.add_argument("--clusters", metavar="K", help="clusters per head, or auto (default: stage.clusters, else the run's K)")
+    stage.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="stage.KEY=VALUE",
+                       help="stage settings, e.g. --set stage.loss=temi stage.epochs=50")
+    stage.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted stage with its saved settings")
+    stage.set_defaults(handler=_stage)
+
     assign = commands.add_parser("assign", help="assign new images to a run's clusters (CSV: path,cluster,confidence)")
     assign.add_argument("run_dir")
     assign.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
@@ -310,8 +356,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def _resumable(args: argparse.Namespace) -> str:
-    """The command that continues an interrupted run of ``args``: ``cluster`` runs finish with their clusters."""
-    return "cluster" if args.command == "cluster" else "train"
+    """The command that continues an interrupted ``args``: ``cluster`` runs finish with their clusters, stages with their head."""
+    return args.command if args.command in ("cluster", "stage") else "train"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ RUN_DIR/
   metrics.json           final scores, and each evaluation protocol's section
   report.html, report/   the report and its figures
   centroids.npy          k-means centroids that ``assign`` uses
+  cluster_stage.pt       a clustering stage's settings, progress and kept head (``clusterclr stage``)
   skipped_files.txt      image files left out (``data.skip_bad``)
   clusters.csv, embeddings.npy   what ``clusterclr cluster`` writes
 ```
@@ -77,6 +78,10 @@ class RunDir:
     @property
     def centroids(self) -> Path:
         return self.path / "centroids.npy"
+
+    @property
+    def cluster_stage(self) -> Path:
+        return self.path / "cluster_stage.pt"
 
     @property
     def skipped_files(self) -> Path:

@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from clusterclr.clustering.assignments import ClusterAssignments, assignments_csv, save_centroids
+from clusterclr.clustering.assignments import (
+    ClusterAssignments,
+    assignments_csv,
+    save_centroids,
+)
 from clusterclr.clustering.metrics import clustering_scores
 from clusterclr.config import Config, merge, read_yaml
 from clusterclr.configure import build_config
@@ -33,6 +36,7 @@ from clusterclr.errors import UserError
 from clusterclr.evaluate.clusters import cluster_assignments
 from clusterclr.evaluate.context import EvalContext
 from clusterclr.io import atomic_write, write_text
+from clusterclr.progress import progress_bar
 from clusterclr.report.content import ReportContent
 from clusterclr.report.write import write_report
 from clusterclr.rundir import RunDir
@@ -143,7 +147,7 @@ def copy_into_clusters(paths: tuple[str, ...], clusters: np.ndarray, folder: Pat
     so two files of the same name never overwrite each other.
     """
     digits = len(str(int(clusters.max(initial=0))))
-    for path, cluster in tqdm(list(zip(paths, clusters)), desc="copying", unit="image"):
+    for path, cluster in progress_bar(list(zip(paths, clusters)), desc="copying", unit="image"):
         relative = Path(path).resolve().relative_to(folder.resolve())
         destination = target / f"cluster_{int(cluster):0{digits}d}" / "__".join(relative.parts)
         destination.parent.mkdir(parents=True, exist_ok=True)

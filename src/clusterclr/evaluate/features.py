@@ -14,7 +14,7 @@ from clusterclr.data.base import ImageDataset
 @dataclass
 class Embeddings:
     features: torch.Tensor  # N × D float32 on the CPU, not normalised
-    cluster_probabilities: torch.Tensor | None  # N × K, for methods with a cluster head
+    cluster_probabilities: torch.Tensor | None  # N × K, for models with a cluster head (a method's, or a stage's)
 
 
 @torch.no_grad()
@@ -30,7 +30,7 @@ def embed(model: Model, dataset: ImageDataset) -> Embeddings:
         for x in model.views.clean_batches(dataset.images, cfg.eval.batch_size, model.device, cfg.train.channels_last):
             with autocast:
                 h = method.embed(x)
-                p = method.cluster_probabilities(h)
+                p = model.cluster_probabilities(h)
             features.append(h.float().cpu())
             if p is not None:
                 probabilities.append(p.float().cpu())

@@ -29,7 +29,12 @@ from torch import nn
 
 from clusterclr.config import PositivesConfig
 from clusterclr.errors import UserError
-from clusterclr.positives.semantic import NO_PARTNER, mine_partners, pair_diagnostics, partner_order
+from clusterclr.positives.semantic import (
+    NO_PARTNER,
+    mine_partners,
+    pair_diagnostics,
+    partner_order,
+)
 
 if TYPE_CHECKING:  # at run time the methods package imports this module, not the reverse
     from clusterclr.augment import ViewMaker

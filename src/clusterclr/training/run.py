@@ -72,7 +72,10 @@ def resume_run(run_dir: RunDir) -> TrainedRun:
 
 def finish(parts: Parts, run_dir: RunDir, epoch: int, ctx: EvalContext | None = None) -> dict[str, Any]:
     """Final evaluation of ``parts`` at ``epoch``, written to metrics.json (atomically)."""
+    ctx = ctx or EvalContext.of(parts, progress=False)
     metrics: dict[str, Any] = evaluate_parts(parts, ctx)
+    if ctx.choice is not None:
+        metrics["clusters_chosen_by"] = ctx.choice.criterion
     metrics.update(
         epoch=epoch,
         method=parts.config.method.name,
@@ -80,7 +83,7 @@ def finish(parts: Parts, run_dir: RunDir, epoch: int, ctx: EvalContext | None = 
         eval_split=parts.splits.eval_split,
         num_train=len(parts.splits.train),
         num_test=len(parts.splits.test),
-        clusters=parts.clusters,
+        clusters=ctx.clusters,
     )
     # Results of `evaluate --protocol` (their own keys) survive a re-evaluation.
     update_metrics(run_dir.metrics, metrics)
@@ -106,7 +109,9 @@ def _train(trainer: Trainer) -> TrainedRun:
     finally:
         log.close()
     if trainer.config.train.report:
-        from clusterclr.report.run import report_run  # matplotlib and t-SNE load only when a report is wanted
+        from clusterclr.report.run import (
+            report_run,  # matplotlib and t-SNE load only when a report is wanted
+        )
 
         report_run(parts, run_dir, trainer.epoch, ctx)
     return TrainedRun(run_dir, parts, trainer.epoch, metrics)
