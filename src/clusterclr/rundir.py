@@ -10,6 +10,7 @@ RUN_DIR/
   report.html, report/   the report and its figures
   centroids.npy          k-means centroids that ``assign`` uses
   cluster_stage.pt       a clustering stage's settings, progress and kept head (``clusterclr stage``)
+  near_duplicates.csv, atypical.csv   the report's near-duplicate groups and atypical images
   skipped_files.txt      image files left out (``data.skip_bad``)
   clusters.csv, embeddings.npy   what ``clusterclr cluster`` writes
 ```
@@ -82,6 +83,14 @@ class RunDir:
     @property
     def cluster_stage(self) -> Path:
         return self.path / "cluster_stage.pt"
+
+    @property
+    def near_duplicates_csv(self) -> Path:
+        return self.path / "near_duplicates.csv"
+
+    @property
+    def atypical_csv(self) -> Path:
+        return self.path / "atypical.csv"
 
     @property
     def skipped_files(self) -> Path:

@@ -28,10 +28,11 @@ from clusterclr.clustering.assignments import (
     save_centroids,
 )
 from clusterclr.clustering.metrics import clustering_scores
+from clusterclr.commands.stage import StageResult, fit_stage, with_stage_probabilities
 from clusterclr.config import Config, merge, read_yaml
 from clusterclr.configure import build_config
 from clusterclr.data.base import ImageDataset
-from clusterclr.data.folder import image_paths
+from clusterclr.data.folder import DEFAULT_IMAGE_SIZE, image_paths, typical_side
 from clusterclr.errors import UserError
 from clusterclr.evaluate.clusters import cluster_assignments
 from clusterclr.evaluate.context import EvalContext
@@ -41,16 +42,18 @@ from clusterclr.report.content import ReportContent
 from clusterclr.report.write import write_report
 from clusterclr.rundir import RunDir
 from clusterclr.runlog import read_log
+from clusterclr.stage.store import read_stage
 from clusterclr.training.run import TrainedRun, resume_run, start_run
 
 DEFAULT_METHOD = "simclr"
 DEFAULT_EPOCHS = 100
+DEFAULT_STAGE: dict[str, Any] = {"loss": "scan"}
 
 
 @dataclass
 class ClusterRequest:
     folder: Path
-    clusters: int
+    clusters: int | str  # K, or "auto": chosen from the trained features
     out: RunDir
     method: str | None = None
     init: RunDir | None = None
@@ -59,6 +62,7 @@ class ClusterRequest:
     config_file: str | Path | None = None
     seed: int | None = None
     overrides: list[str] = field(default_factory=list)
+    minutes: float | None = None  # a training budget in time instead of epochs
     resumed: bool = False  # finishing an interrupted run in ``out``
 
 
@@ -85,11 +89,13 @@ def check_request(request: ClusterRequest) -> int:
         raise UserError(f"image folder not found: {folder}")
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder; give the folder that holds the images")
-    if request.clusters < 2:
-        raise UserError(f"--clusters must be at least 2, got {request.clusters}")
+    if request.clusters != "auto" and request.clusters < 2:
+        raise UserError(f"--clusters must be at least 2 (or auto), got {request.clusters}")
     found = len(image_paths(folder))
-    if request.clusters > found:
+    if request.clusters != "auto" and request.clusters > found:
         raise UserError(f"--clusters {request.clusters} is more than the {found} images in {folder}")
+    if request.minutes is not None and (request.epochs is not None or not request.minutes > 0):
+        raise UserError("--minutes sets the training budget instead of --epochs: give one of them, and a positive number")
     if request.init is not None and not request.init.path.is_dir():
         raise UserError(f"--init: run directory not found: {request.init}")
     if request.epochs is not None and request.epochs < 0:
@@ -113,15 +119,22 @@ def cluster_config(request: ClusterRequest, images: int) -> Config:
     """The training config: practitioner defaults, under the user's --config, flags and --set.
 
     Defaults: SimCLR, 100 epochs, batch min(256, images / 2) so small folders
-    still make several steps per epoch, no online evaluation (no labels to
-    score), no end-of-training report (``cluster`` writes its own). With
-    ``--init``, the model and image size are the initial run's.
+    still make several steps per epoch, a SCAN clustering stage on the
+    trained features, no online evaluation (no labels to score), no
+    end-of-training report (``cluster`` writes its own). Images are never
+    upsampled: smaller than 64 px, they train at their own size (the
+    folder's median shorter side, down to a multiple of 4). With ``--init``,
+    the model and image size are the initial run's.
     """
     defaults: dict[str, Any] = {
         "method": {"name": DEFAULT_METHOD},
         "optim": {"batch_size": min(256, max(2, images // 2))},
         "train": {"epochs": DEFAULT_EPOCHS, "eval_every": 0, "report": False},
+        "stage": DEFAULT_STAGE,
     }
+    side = typical_side(image_paths(request.folder))
+    if side is not None and side < DEFAULT_IMAGE_SIZE:
+        defaults["data"] = {"image_size": max(8, side // 4 * 4)}
     if request.init is not None:
         initial, state, _ = request.init.read()
         height, width = state["data_info"]["image_size"]
@@ -160,7 +173,7 @@ def copy_into_clusters(paths: tuple[str, ...], clusters: np.ndarray, folder: Pat
 def cluster_folder(request: ClusterRequest) -> ClusterResult:
     found = check_request(request)
     config = cluster_config(request, found)
-    return write_clusters(start_run(config, request.out, init=request.init), request)
+    return write_clusters(start_run(config, request.out, init=request.init, minutes=request.minutes), request)
 
 
 def resume_cluster_folder(run_dir: RunDir, copy_to: Path | None = None) -> ClusterResult:
@@ -182,6 +195,14 @@ def write_clusters(trained: TrainedRun, request: ClusterRequest) -> ClusterResul
     parts, run_dir, config = trained.parts, trained.run_dir, trained.parts.config
     data = parts.splits.read  # every image of the folder, as training read it (a class tree holds some out of training)
     ctx = EvalContext(parts, "folder", data, data, "train", request.clusters, progress=False)
+    stage = None
+    if config.stage is not None:
+        record = read_stage(run_dir.cluster_stage)
+        resume = request.resumed and record is not None and record["head"] is None
+        embeddings = ctx.embeddings("bank")
+        stage = fit_stage(parts, run_dir, trained.epoch, embeddings.features, config.stage, config.stage.clusters or ctx.clusters,
+                          ctx.choice, config.train.progress, resume)
+        ctx.set_embeddings("bank", with_stage_probabilities(embeddings, stage.head))
     centroids, assignments = cluster_assignments(ctx)
     save_centroids(run_dir.centroids, centroids)
     paths = data.sources
@@ -192,7 +213,8 @@ def write_clusters(trained: TrainedRun, request: ClusterRequest) -> ClusterResul
     if request.resumed:
         initial_weights = "not recorded (resumed run)"  # --init is not part of the saved config
     content = ReportContent(
-        title=f"{request.clusters} clusters of {request.folder}",
+        title=f"{assignments.clusters} clusters of {request.folder}"
+        + ("" if ctx.choice is None else f" (K chosen by {ctx.choice.criterion})"),
         images_described=f"all {len(data)} images in {request.folder}",
         images=data.images,
         features=ctx.embeddings("test").features,
@@ -200,7 +222,7 @@ def write_clusters(trained: TrainedRun, request: ClusterRequest) -> ClusterResul
         labels=None if data.labels is None else data.labels.numpy(),
         class_names=data.class_names,
         sources=paths,
-        metrics=_metrics(data, assignments, run_dir),
+        metrics=_metrics(data, assignments, run_dir, stage),
         log=read_log(run_dir.log),
         settings={
             "folder": str(request.folder),
@@ -211,6 +233,7 @@ def write_clusters(trained: TrainedRun, request: ClusterRequest) -> ClusterResul
             "epochs": trained.epoch,
         },
         seed=config.seed,
+        choice=ctx.choice,
     )
     report = write_report(run_dir, content)
     if request.copy_to is not None:
@@ -218,12 +241,12 @@ def write_clusters(trained: TrainedRun, request: ClusterRequest) -> ClusterResul
     return ClusterResult(config, paths, assignments, features, trained, csv, report)
 
 
-def _metrics(data: ImageDataset, assignments: ClusterAssignments, run_dir: RunDir) -> dict[str, Any]:
+def _metrics(data: ImageDataset, assignments: ClusterAssignments, run_dir: RunDir, stage: StageResult | None) -> dict[str, Any]:
     sizes = assignments.sizes()
     metrics: dict[str, Any] = {
         "images": len(data),
         "clusters": assignments.clusters,
-        "assigned_by": assignments.by,
+        "assigned_by": assignments.by + (f" (clustering stage, {stage.loss})" if stage is not None else ""),
         "empty_clusters": int((sizes == 0).sum()),
         "largest_cluster": int(sizes.max()),
         "smallest_cluster": int(sizes.min()),

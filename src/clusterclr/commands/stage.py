@@ -11,6 +11,7 @@ progress, and ``clusterclr stage --resume RUN_DIR`` continues it exactly.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ from clusterclr.training.run import finish
 @dataclass(frozen=True)
 class StageResult:
     head: StageHead
+    loss: str
     clusters: int
     choice: KChoice | None
     head_losses: list[float]
@@ -49,6 +51,10 @@ def fit_stage(
 
     ``resume``: continue the unfinished stage saved in the run (same settings and features) where it stopped.
     """
+    if settings.neighbours >= len(features):
+        warnings.warn(f"only {len(features)} images: the clustering stage mines {len(features) - 1} neighbours per image, "
+                      f"not {settings.neighbours}", stacklevel=2)
+        settings = settings.model_copy(update={"neighbours": len(features) - 1})
     stage = ClusterStage(features, settings, clusters, seed=model.config.seed)
     if resume:
         stage.load_state_dict(unfinished_stage(run_dir)["progress"])
@@ -70,7 +76,7 @@ def fit_stage(
         "head_losses": result.head_losses.tolist(), "kept_head": result.kept_head,
     })
     model.cluster_stage = head.to(model.device)
-    return StageResult(head, clusters, choice, result.head_losses.tolist(), result.kept_head)
+    return StageResult(head, settings.loss, clusters, choice, result.head_losses.tolist(), result.kept_head)
 
 
 def stage_run(
@@ -109,8 +115,9 @@ def unfinished_stage(run_dir: RunDir) -> dict[str, Any]:
 
 def with_stage_probabilities(embeddings: Embeddings, head: StageHead) -> Embeddings:
     """``embeddings`` with the stage head's cluster probabilities (the features are the stage's input)."""
+    device = head.mean.device
     with torch.no_grad():
-        probabilities = head.to("cpu")(embeddings.features).float()
+        probabilities = head(embeddings.features.to(device)).float().cpu()
     return Embeddings(embeddings.features, probabilities)
 
 

@@ -58,12 +58,16 @@ class EvalContext:
     def embeddings(self, split: str) -> Embeddings:
         """Frozen backbone features (and cluster-head probabilities) of ``split``: "bank" or "test"."""
         if split not in self._embeddings:
-            self._embeddings[split] = embed(self.model, getattr(self, split))
+            other = "test" if split == "bank" else "bank"
+            same = self.bank is self.test and other in self._embeddings  # one data set clustered alone: embedded once
+            self._embeddings[split] = self._embeddings[other] if same else embed(self.model, getattr(self, split))
         return self._embeddings[split]
 
     def set_embeddings(self, split: str, embeddings: Embeddings) -> None:
         """Use ``embeddings`` for ``split`` instead of computing them (features from elsewhere)."""
         self._embeddings[split] = embeddings
+        if self.bank is self.test:
+            self._embeddings["test" if split == "bank" else "bank"] = embeddings
 
     def kmeans(self, clusters: int, seed: int) -> KMeansResult:
         """k-means on the L2-normalised bank features, as every evaluation fits it."""

@@ -31,9 +31,10 @@ class StageHead(nn.Module):
         return self.head.clusters
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Cluster probabilities N × K of backbone features N × D."""
-        inputs = F.normalize(features.float() - self.mean, dim=1)
-        return (self.head(inputs)[0] / self.temperature).softmax(-1)
+        """Cluster probabilities N × K of backbone features N × D, in float32 whatever autocast is on (as fitted)."""
+        with torch.autocast(features.device.type, enabled=False):
+            inputs = F.normalize(features.float() - self.mean, dim=1)
+            return (self.head(inputs)[0] / self.temperature).softmax(-1)
 
     def saved(self) -> dict[str, Any]:
         """Everything needed to rebuild this head (``from_saved``): plain data and tensors, loadable with weights_only."""

@@ -73,6 +73,11 @@ class Trainer:
         self.collapse = CollapseWatch()
         self.last_logs: dict[str, float] = {}
 
+    def set_epochs(self, epochs: int) -> None:
+        """Train for ``epochs`` in all; before training starts, since the learning-rate schedule spans them."""
+        self.config.train.epochs = epochs
+        self.total_steps = self.steps_per_epoch * epochs
+
     @property
     def step(self) -> int:
         return self.epoch * self.steps_per_epoch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from clusterclr.evaluate.results import update_metrics
 from clusterclr.evaluate.standard import evaluate_parts
 from clusterclr.rundir import RunDir
 from clusterclr.runlog import RunLog, SilentLog
+from clusterclr.training.budget import epochs_within
 from clusterclr.training.loop import Trainer
 
 
@@ -31,11 +33,13 @@ class TrainedRun:
     metrics: dict[str, Any]  # {} on the ranks after the first of a distributed run: rank 0 evaluates
 
 
-def start_run(config: Config, run_dir: RunDir, init: RunDir | None = None) -> TrainedRun:
+def start_run(config: Config, run_dir: RunDir, init: RunDir | None = None, minutes: float | None = None) -> TrainedRun:
     """Train a new run in ``run_dir``, evaluate it and write its metrics (rank 0 of a distributed run writes).
 
     ``init``: a run whose trained backbone (and normalisation) the new run
     starts from, to fine-tune it on other data; heads start afresh.
+    ``minutes``: train for as many epochs as fit in that time here (measured
+    first; the config records the epochs it became), instead of ``train.epochs``.
     """
     if distributed.is_main():
         run_dir.create()
@@ -46,6 +50,12 @@ def start_run(config: Config, run_dir: RunDir, init: RunDir | None = None) -> Tr
     else:
         parts = build_parts(config, initial["normalisation"], backbone_state(initial["method"], init))
     trainer = Trainer(parts, run_dir)
+    if minutes is not None:
+        measured = epochs_within(trainer, minutes)  # on every rank: the steps of a distributed run go together
+        epochs, per_epoch = distributed.on_main_then_broadcast(lambda: measured)
+        trainer.set_epochs(epochs)
+        if distributed.is_main():
+            print(f"{minutes:g} minutes of training: about {per_epoch:.1f} s per epoch here, so {epochs} epochs", file=sys.stderr)
     if distributed.is_main():
         run_dir.write_config(config)
         run_dir.write_skipped_files([(bad.path, bad.reason) for bad in parts.splits.skipped])
