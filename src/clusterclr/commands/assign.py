@@ -14,7 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clusterclr.build import Model
-from clusterclr.clustering.assignments import ClusterAssignments, assign_to_clusters, load_centroids
+from clusterclr.clustering.assignments import (
+    ClusterAssignments,
+    assign_to_clusters,
+    load_centroids,
+)
 from clusterclr.data.base import BadFile, ImageDataset, refuse_bad_files
 from clusterclr.data.folder import EXTENSIONS, image_files, read_files
 from clusterclr.errors import UserError

@@ -23,10 +23,19 @@ from typing import Any
 
 import numpy as np
 
-from clusterclr.clustering.assignments import ClusterAssignments, assignments_csv, save_centroids
+from clusterclr.clustering.assignments import (
+    ClusterAssignments,
+    assignments_csv,
+    save_centroids,
+)
 from clusterclr.clustering.metrics import clustering_scores
 from clusterclr.commands.copies import check_copy_target, copy_into_clusters, inside
-from clusterclr.commands.stage import StageResult, fit_stage, saved_stage, with_stage_probabilities
+from clusterclr.commands.stage import (
+    StageResult,
+    fit_stage,
+    saved_stage,
+    with_stage_probabilities,
+)
 from clusterclr.config import Config, merge, read_yaml
 from clusterclr.configure import build_config
 from clusterclr.data.base import ImageDataset
