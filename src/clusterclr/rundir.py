@@ -164,6 +164,13 @@ class RunDir:
         if skipped:
             write_text(self.skipped_files, "".join(f"{path}\t{reason}\n" for path, reason in skipped))
 
+    def read_skipped_files(self) -> list[tuple[str, str]]:
+        """The (path, reason) pairs ``write_skipped_files`` wrote, if any."""
+        if not self.skipped_files.is_file():
+            return []
+        lines = self.skipped_files.read_text(encoding="utf-8").splitlines()
+        return [tuple(line.split("\t", 1)) for line in lines if "\t" in line]
+
 
 def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two config trees."""

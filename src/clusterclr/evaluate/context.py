@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 import torch.nn.functional as F
 
 from clusterclr.build import Model, Parts
@@ -46,9 +47,25 @@ class EvalContext:
         return int(max(self.bank.labels.max(), self.test.labels.max())) + 1
 
     def embeddings(self, split: str) -> Embeddings:
-        """Frozen backbone features (and cluster-head probabilities) of ``split``: "bank" or "test"."""
+        """Frozen backbone features (and cluster-head probabilities) of ``split``: "bank" or "test".
+
+        Computed once, and once for both when bank and test are one data set.
+        Images of a streamed set found unreadable on the way (``data.skip_bad``)
+        are left out of the split, here and in everything that reads it later.
+        """
         if split not in self._embeddings:
-            self._embeddings[split] = embed(self.model, getattr(self, split))
+            dataset = getattr(self, split)
+            both = ("bank", "test") if self.bank is self.test else (split,)
+            embeddings = embed(self.model, dataset)
+            if embeddings.skipped:
+                keep = torch.ones(len(dataset), dtype=torch.bool)
+                keep[list(embeddings.skipped)] = False
+                rows = torch.nonzero(keep).flatten()
+                embeddings, dataset = embeddings.select(rows), dataset.subset(rows)
+                for name in both:
+                    setattr(self, name, dataset)
+            for name in both:
+                self._embeddings[name] = embeddings
         return self._embeddings[split]
 
     def set_embeddings(self, split: str, embeddings: Embeddings) -> None:
