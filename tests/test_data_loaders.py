@@ -393,7 +393,7 @@ def test_digits() -> None:
 
 
 def test_registry_lists_every_format() -> None:
-    expected = {"digits", "cifar10", "cifar100", "cifar100-20", "stl10", "mnist", "fashion-mnist", "folder", "npz"}
+    expected = {"digits", "cifar10", "cifar100", "cifar100-20", "stl10", "mnist", "fashion-mnist", "folder", "shards", "npz"}
     assert set(DATASETS) == expected
     assert all(spec.name == name and spec.description for name, spec in DATASETS.items())
     assert [n for n, s in DATASETS.items() if not s.needs_root] == ["digits"]

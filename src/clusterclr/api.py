@@ -36,6 +36,7 @@ from clusterclr.build import Model, load_model, load_parts
 from clusterclr.clustering.assignments import ClusterAssignments, assignments_csv
 from clusterclr.commands.assign import assign_images, collect_images, embed_files
 from clusterclr.commands.cluster import ClusterRequest, ClusterResult, cluster_folder, resume_cluster_folder
+from clusterclr.commands.prepare import prepare as prepare_shards
 from clusterclr.config import Config
 from clusterclr.configure import build_config
 from clusterclr.data.base import ImageDataset
@@ -155,6 +156,12 @@ def cluster(
         overrides=list(overrides),
     )
     return _clusters(cluster_folder(request))
+
+
+def prepare(folder: PathLike, out: PathLike, size: str | int | None = None) -> dict[str, Any]:
+    """Pack a folder of images into WebDataset tar shards in ``out`` (``size``: bytes per shard, e.g. "500MB");
+    returns their shard index. Train on them with the data set ``shards`` and ``data.root=out``."""
+    return prepare_shards(Path(folder), Path(out), size)
 
 
 def finish_cluster(run_dir: PathLike, copy_to: PathLike | None = None) -> Clusters:

@@ -1,4 +1,4 @@
-"""The ``clusterclr`` command line: train, evaluate, embed, export, report, cluster, assign, methods, datasets.
+"""The ``clusterclr`` command line: train, evaluate, embed, export, report, cluster, assign, prepare, methods, datasets.
 
 A thin layer over the Python API (``clusterclr.api``) and ``commands/``:
 each handler parses, calls, and prints. Modules load inside the handlers,
@@ -169,6 +169,16 @@ def _assign(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from clusterclr import api
+
+    index = api.prepare(args.folder, args.out, args.size)
+    images = sum(shard["nsamples"] for shard in index["shardlist"])
+    print(f"wrote {images} images in {len(index['shardlist'])} shards to {args.out}; "
+          f"train on them with --dataset shards --data-root {args.out}")
+    return 0
+
+
 def _methods(args: argparse.Namespace) -> int:
     from clusterclr.methods.registry import method_summaries
 
@@ -298,6 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
     assign.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     assign.add_argument("--out", help="write the CSV here (default: standard output)")
     assign.set_defaults(handler=_assign)
+
+    prepare = commands.add_parser(
+        "prepare", help="pack a folder of images into WebDataset tar shards (for clusters of machines)",
+        description="Writes SHARDS/shard-NNNNNN.tar (each image's own bytes, its class and source path, WebDataset's "
+                    "layout) and SHARDS/shards.json (a wids shard index). Train with --dataset shards --data-root SHARDS.",
+    )
+    prepare.add_argument("folder", help="folder of images (flat, or one subfolder per class)")
+    prepare.add_argument("--out", required=True, metavar="SHARDS", help="new or empty folder for the shards")
+    prepare.add_argument("--size", help="bytes per shard, e.g. 500MB or 2GiB (default: 1GiB)")
+    prepare.set_defaults(handler=_prepare)
 
     commands.add_parser("methods", help="list the registered methods").set_defaults(handler=_methods)
     commands.add_parser("datasets", help="list the supported data sets").set_defaults(handler=_datasets)

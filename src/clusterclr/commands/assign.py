@@ -8,18 +8,14 @@ resized to the run's training resolution.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import numpy as np
-import torch
-from tqdm import tqdm
 
 from clusterclr.build import Model
 from clusterclr.clustering.assignments import ClusterAssignments, assign_to_clusters, load_centroids
 from clusterclr.data.base import ImageDataset
-from clusterclr.data.folder import EXTENSIONS, image_files, try_read
+from clusterclr.data.folder import EXTENSIONS, image_files
+from clusterclr.data.loading import default_workers
+from clusterclr.data.streamed import BadFiles, FileStore, StreamedImages
 from clusterclr.errors import UserError
 from clusterclr.evaluate.features import Embeddings, embed
 from clusterclr.rundir import RunDir
@@ -47,14 +43,14 @@ def collect_images(items: list[str]) -> list[Path]:
     return list(found)
 
 
-def read_images(paths: list[Path], size: int) -> torch.Tensor:
-    """uint8 N×3×size×size pixels of ``paths``; an unusable file is an error naming it."""
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        pixels = list(tqdm(pool.map(lambda p: try_read(p, size), paths), total=len(paths), desc="reading", unit="image"))
-    for path, result in zip(paths, pixels):
-        if isinstance(result, str):
-            raise UserError(f"cannot use {path}: {result}")
-    return torch.from_numpy(np.stack(pixels))
+def streamed_files(paths: list[Path], size: int, workers: int | None = None) -> ImageDataset:
+    """``paths`` as a data set read as the folder data set reads them, decoded a batch at a time as they are
+    embedded (any number of files in bounded memory); an unusable file is an error naming it."""
+    images = StreamedImages(
+        FileStore.of(paths), size, bad_files=BadFiles(skip=False, hint="fix it, or leave it out of the images given"),
+        workers=default_workers() if workers is None else workers,
+    )
+    return ImageDataset(images, sources=images.sources)
 
 
 def embed_files(model: Model, paths: list[Path]) -> Embeddings:
@@ -64,7 +60,7 @@ def embed_files(model: Model, paths: list[Path]) -> Embeddings:
         raise UserError(f"the run was trained on {height}×{width} images; image files are read square only")
     if model.method.data.channels != 3:
         raise UserError(f"the run was trained on {model.method.data.channels}-channel images; image files are read as RGB")
-    return embed(model, ImageDataset(read_images(paths, height)))
+    return embed(model, streamed_files(paths, height, model.config.data.workers))
 
 
 def assign_images(model: Model, run_dir: RunDir, paths: list[Path]) -> tuple[Embeddings, ClusterAssignments]:

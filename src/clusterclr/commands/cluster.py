@@ -179,8 +179,9 @@ def write_clusters(trained: TrainedRun, request: ClusterRequest) -> ClusterResul
     data = parts.splits.read  # every image of the folder, as training read it (a class tree holds some out of training)
     ctx = EvalContext(parts, "folder", data, data, "train", request.clusters, progress=False)
     centroids, assignments = cluster_assignments(ctx)
+    data = ctx.test  # less any streamed file found unreadable on the way (data.skip_bad)
     save_centroids(run_dir.centroids, centroids)
-    paths = data.sources
+    paths = tuple(data.sources)
     features = ctx.embeddings("test").features.numpy().astype(np.float32)
     atomic_write(run_dir.embeddings, lambda f: np.save(f, features))
     csv = write_text(run_dir.clusters_csv, assignments_csv(paths, assignments))

@@ -79,7 +79,9 @@ def image_batches(
     if len(chunks) == 0:
         return
     batches = [rows.tolist() for rows in chunks]
-    for pixels, bad in loader(_CleanRows(images), batches, images.workers, pin):
+    # A worker decodes ahead while this process computes: none is needed for a single batch.
+    workers = min(images.workers, len(batches) - 1)
+    for pixels, bad in loader(_CleanRows(images), batches, workers, pin):
         if judge:
             images.bad_files.meet(bad, collective=collective and distributed.world_size() > 1)
         yield pixels, bad

@@ -16,7 +16,7 @@ So the shards are WebDataset's format, read by its tools as they are;
 clusterclr reads them with Python's ``tarfile`` alone, no new dependency.
 
 Reading is random access: the tar headers of each shard are scanned once
-(and cached like a folder's index) for each image member's offset and size,
+(and cached like a large folder's index) for each image member's offset and size,
 and an image is one ``pread``. So a streamed epoch visits the images in the
 run's seeded order, each rank reads only its own slice of every batch, and
 nothing differs from a streamed folder but where the bytes come from.
@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from clusterclr.data.base import ImageDataset, RawSplits
 from clusterclr.data.decode import EXTENSIONS, decode
-from clusterclr.data.index import StringTable, cache_dir
+from clusterclr.data.index import CACHE_FROM, StringTable, cache_dir
 from clusterclr.data.streamed import StreamedImages, decode_all
 from clusterclr.errors import UserError
 
@@ -191,6 +191,8 @@ def _members(directory: Path, shards: list[str]):
         rows += [(number, *member) for member in _scan(directory / name)]
     shard, offset, size, labels = (np.array([r[i] for r in rows], dtype=np.int64) for i in (0, 1, 2, 4))
     names = StringTable.of(r[3] for r in rows)
+    if len(rows) < CACHE_FROM:
+        return shard, offset, size, names, labels
     try:
         from clusterclr.io import atomic_write
 

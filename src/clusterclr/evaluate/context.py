@@ -25,6 +25,8 @@ class EvalContext:
     clusters: int  # k-means K unless a protocol is told otherwise
     progress: bool = True
     conversions: list[str] = field(default_factory=list)  # what was done to the images to fit the model
+    # Rows of a split (as given) left out because their file proved unreadable while embedding it.
+    left_out: dict[str, tuple[int, ...]] = field(default_factory=dict)
     _embeddings: dict[str, Embeddings] = field(default_factory=dict, repr=False)
     _fits: dict[tuple[int, int], KMeansResult] = field(default_factory=dict, repr=False)
 
@@ -57,15 +59,17 @@ class EvalContext:
             dataset = getattr(self, split)
             both = ("bank", "test") if self.bank is self.test else (split,)
             embeddings = embed(self.model, dataset)
-            if embeddings.skipped:
+            skipped = embeddings.skipped
+            if skipped:
                 keep = torch.ones(len(dataset), dtype=torch.bool)
-                keep[list(embeddings.skipped)] = False
+                keep[list(skipped)] = False
                 rows = torch.nonzero(keep).flatten()
                 embeddings, dataset = embeddings.select(rows), dataset.subset(rows)
                 for name in both:
                     setattr(self, name, dataset)
             for name in both:
                 self._embeddings[name] = embeddings
+                self.left_out[name] = skipped
         return self._embeddings[split]
 
     def set_embeddings(self, split: str, embeddings: Embeddings) -> None:
