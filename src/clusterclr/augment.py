@@ -216,23 +216,29 @@ def shift_hue(images: torch.Tensor, radians: torch.Tensor) -> torch.Tensor:
 def channel_stats(images: torch.Tensor, chunk: int = 1024) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of a uint8 image tensor, in [0, 1] units.
 
-    Summed in float64 chunk by chunk, so memory stays at one chunk however
-    large the data set.
+    Counted chunk by chunk, so memory stays at one chunk however large the
+    data set.
     """
     return chunked_channel_stats(images[start : start + chunk] for start in range(0, len(images), chunk))
 
 
 def chunked_channel_stats(chunks: Iterable[torch.Tensor]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """``channel_stats`` of the images in ``chunks`` (uint8 N×C×H×W each): the same sums, in the same order."""
-    total = squares = None
-    n = 0
+    """``channel_stats`` of the images in ``chunks`` (uint8 N×C×H×W each).
+
+    From a histogram of each channel's 256 values, so the sums are exact and
+    the result does not depend on how the images are chunked: a streamed data
+    set, passed over in its own chunks, gets the statistics of the decoded one.
+    """
+    counts = None
     for images in chunks:
-        x = images.double().div_(255.0)
-        if total is None:
-            total, squares = torch.zeros(images.shape[1], dtype=torch.float64), torch.zeros(images.shape[1], dtype=torch.float64)
-        total += x.sum(dim=(0, 2, 3))
-        squares += x.square().sum(dim=(0, 2, 3))
-        n += images.shape[0] * images.shape[2] * images.shape[3]
-    mean = total / n
-    std = ((squares - n * mean.square()) / max(n - 1, 1)).clamp_min(0).sqrt().clamp_min(1e-3)
+        if counts is None:
+            counts = torch.zeros(images.shape[1], 256, dtype=torch.float64)
+        for c in range(images.shape[1]):
+            counts[c] += torch.bincount(images[:, c].reshape(-1), minlength=256)
+        del images  # before the next chunk is read
+    values = torch.arange(256, dtype=torch.float64) / 255.0
+    n = counts.sum(1)
+    mean = (counts * values).sum(1) / n
+    squares = (counts * (values - mean[:, None]).square()).sum(1)
+    std = (squares / (n - 1).clamp_min(1)).sqrt().clamp_min(1e-3)
     return tuple(mean.tolist()), tuple(std.tolist())

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from clusterclr.data.decode import EXTENSIONS
+from clusterclr.errors import UserError
+from clusterclr.io import atomic_write
 
 CACHE_FROM = 10_000  # images: below this a walk is fast enough that a cache file is clutter
 _CACHE_VERSION = 1
@@ -116,31 +118,39 @@ def _is_visible_dir(entry: os.DirEntry) -> bool:
 def _walk(directory: Path, recursive: bool, times: dict[str, int], prefix: str = "") -> list[str]:
     """Image files under ``directory`` as relative POSIX paths, sorted by path components (as ``sorted(Path)``).
 
-    Like ``rglob``: symlinked subfolders are not followed (no loops), folders that cannot be listed are
-    passed over, hidden files are left out, symlinked files count.
+    A depth-first walk over each directory's entries sorted by name gives that
+    order directly. Like ``rglob``: symlinked subfolders are not followed (no
+    loops), folders that cannot be listed are passed over, hidden files are
+    left out, symlinked files count.
     """
-    found: list[tuple[str, ...]] = []
-    pending = [()]
+    found: list[str] = []
+    pending: list[tuple[str, bool]] = [("", True)]  # (relative path, is a directory), next on top
     while pending:
-        parts = pending.pop()
-        here = directory.joinpath(*parts)
+        relative, is_directory = pending.pop()
+        if not is_directory:
+            found.append(relative)
+            continue
+        here = directory / relative if relative else directory
         try:
             with os.scandir(here) as entries:
-                listed = list(entries)
+                listed = sorted(entries, key=lambda entry: entry.name)
             if recursive:
-                times[prefix + "/".join(parts)] = os.stat(here).st_mtime_ns
+                times[prefix + relative] = os.stat(here).st_mtime_ns
         except PermissionError:
             continue
+        children = []
         for entry in listed:
+            path = f"{relative}/{entry.name}" if relative else entry.name
             try:
                 if entry.is_file():
                     if not entry.name.startswith(".") and os.path.splitext(entry.name)[1].lower() in EXTENSIONS:
-                        found.append((*parts, entry.name))
+                        children.append((path, False))
                 elif recursive and entry.is_dir() and not entry.is_symlink():
-                    pending.append((*parts, entry.name))
+                    children.append((path, True))
             except OSError:
                 continue
-    return ["/".join(parts) for parts in sorted(found)]
+        pending.extend(reversed(children))
+    return found
 
 
 def cache_dir() -> Path:
@@ -173,19 +183,21 @@ def _read_cache(cache: Path, root: Path) -> FolderIndex | None:
 
 
 def _write_cache(cache: Path, index: FolderIndex, times: dict[str, int]) -> None:
-    from clusterclr.io import atomic_write
-
     meta = {
         "version": _CACHE_VERSION, "root": os.fsdecode(index.root), "times": times,
         "labelled": index.labels is not None, "class_names": list(index.class_names or ()),
     }
-    arrays = {
+    write_cache(cache, {
         "meta": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8),
         "blob": index.files.blob, "offsets": index.files.offsets,
         "labels": index.labels if index.labels is not None else np.zeros(0, np.int64),
-    }
+    })
+
+
+def write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Save ``arrays`` at ``path``, atomically; a cache that cannot be written only costs the next run the work again."""
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(cache, lambda f: np.savez(f, **arrays))
-    except Exception:  # a cache that cannot be written costs the next run a walk, nothing more
-        pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: np.savez(f, **arrays))
+    except (OSError, UserError):
+        return

@@ -85,13 +85,15 @@ def image_batches(
         if judge:
             images.bad_files.meet(bad, collective=collective and distributed.world_size() > 1)
         yield pixels, bad
+        del pixels  # before the next batch is taken: one batch alive at a time
 
 
-def statistics_chunks(images: StreamedImages, chunk: int = 1024) -> Iterator[torch.Tensor]:
+def statistics_chunks(images: StreamedImages, chunk: int = 32) -> Iterator[torch.Tensor]:
     """Chunks of clean images for a streamed set's channel statistics: every image up to ``STATISTICS_SAMPLE``
-    (the same chunks, so the same sums, as the decoded set's), else a fixed random sample of that many."""
+    (the statistics of the decoded set, exactly), else a fixed random sample of that many."""
     rows = torch.arange(len(images))
     if len(images) > STATISTICS_SAMPLE:
         rows = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:STATISTICS_SAMPLE].sort().values
     for pixels, _ in image_batches(images, rows.split(chunk), judge=False):  # unreadable files: stand-ins, no verdict
         yield pixels
+        del pixels

@@ -38,9 +38,11 @@ from tqdm import tqdm
 
 from clusterclr.data.base import ImageDataset, RawSplits
 from clusterclr.data.decode import EXTENSIONS, decode
-from clusterclr.data.index import CACHE_FROM, StringTable, cache_dir
+from clusterclr.data.folder import DEFAULT_IMAGE_SIZE, folder_index
+from clusterclr.data.index import CACHE_FROM, StringTable, cache_dir, write_cache
 from clusterclr.data.streamed import StreamedImages, decode_all
 from clusterclr.errors import UserError
+from clusterclr.io import atomic_write, write_json
 
 INDEX = "shards.json"
 KIND = "wids-shard-index-v1"
@@ -50,9 +52,6 @@ _IMAGE_SUFFIXES = frozenset(ext.lstrip(".") for ext in EXTENSIONS)
 
 def write_shards(folder: Path, out: Path, shard_bytes: int = DEFAULT_SIZE, progress: bool = True) -> dict:
     """Pack ``folder``'s images into tar shards in ``out`` (new or empty); returns the shard index written."""
-    from clusterclr.data.folder import folder_index
-    from clusterclr.io import atomic_write, write_json
-
     index = folder_index(folder)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out} already exists and is not an empty folder; choose a new or empty one")
@@ -136,8 +135,6 @@ class ShardStore:
 
 def open_streamed(root: Path | None, image_size: int | None = None) -> RawSplits:
     """The images of the shards in ``root`` (the folder ``prepare`` wrote, or its shards.json), indexed but not read."""
-    from clusterclr.data.folder import DEFAULT_IMAGE_SIZE
-
     directory, descriptor = _descriptor(root)
     shards = [entry["url"] for entry in descriptor["shardlist"]]
     shard, offset, size, names, labels = _members(directory, shards)
@@ -191,16 +188,9 @@ def _members(directory: Path, shards: list[str]):
         rows += [(number, *member) for member in _scan(directory / name)]
     shard, offset, size, labels = (np.array([r[i] for r in rows], dtype=np.int64) for i in (0, 1, 2, 4))
     names = StringTable.of(r[3] for r in rows)
-    if len(rows) < CACHE_FROM:
-        return shard, offset, size, names, labels
-    try:
-        from clusterclr.io import atomic_write
-
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {"shard": shard, "offset": offset, "size": size, "blob": names.blob, "offsets": names.offsets, "labels": labels}
-        atomic_write(cache, lambda f: np.savez(f, **arrays))
-    except Exception:  # no cache: the next run scans again
-        pass
+    if len(rows) >= CACHE_FROM:
+        write_cache(cache, {"shard": shard, "offset": offset, "size": size, "blob": names.blob, "offsets": names.offsets,
+                            "labels": labels})
     return shard, offset, size, names, labels
 
 
