@@ -53,12 +53,6 @@ def square(rgb: Image.Image, size: int) -> np.ndarray:
     return np.asarray(rgb).transpose(2, 0, 1).copy()
 
 
-def try_read(path: Path, size: int) -> np.ndarray | str:
-    """3×size×size uint8 pixels of one file, or why it cannot be used."""
-    rgb = decode(path)
-    return rgb if isinstance(rgb, str) else square(rgb, size)
-
-
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Any mode to 8-bit RGB; wide integer and float modes are rescaled, not clipped."""
     if image.mode.startswith("I") or image.mode == "F":

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from clusterclr.data.base import ImageDataset, RawSplits
-from clusterclr.data.decode import EXTENSIONS, try_read  # noqa: F401  (try_read: the reader ``assign`` shares)
-from clusterclr.data.index import FolderIndex, cached_index, image_files, list_layout  # noqa: F401
+from clusterclr.data.decode import EXTENSIONS
+from clusterclr.data.index import FolderIndex, cached_index, image_files, list_layout  # noqa: F401 (image_files: for ``assign``)
 from clusterclr.data.streamed import FileStore, StreamedImages, decode_all
 from clusterclr.errors import UserError
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +79,7 @@ def image_files(directory: Path, recursive: bool) -> list[Path]:
     return [directory / name for name in _walk(directory, recursive, {})]
 
 
-def cached_index(root: Path, layout) -> FolderIndex:
+def cached_index(root: Path, layout: Callable[[Path, dict[str, int]], tuple[list[str], dict[str, list[str]]]]) -> FolderIndex:
     """The folder's ``FolderIndex``: from the cache when every directory is as it was, else walked (by ``layout``,
     which returns (direct files, {class: files}) or raises) and cached when large."""
     root = root.absolute()

@@ -14,7 +14,6 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from clusterclr import distributed
 from clusterclr.data.base import BadFile
 from clusterclr.data.streamed import StreamedImages
 
@@ -83,7 +82,7 @@ def image_batches(
     workers = min(images.workers, len(batches) - 1)
     for pixels, bad in loader(_CleanRows(images), batches, workers, pin):
         if judge:
-            images.bad_files.meet(bad, collective=collective and distributed.world_size() > 1)
+            images.bad_files.meet(bad, collective)
         yield pixels, bad
         del pixels  # before the next batch is taken: one batch alive at a time
 

@@ -121,8 +121,8 @@ class BadFiles:
             if not distributed.any_rank(bool(bad) and not self.skip):
                 self._record(bad)
                 return
-            everyone = [b for part in distributed.gather_objects(list(bad)) for b in part]
-            raise BadImageError(everyone or bad, self.hint)  # this rank's list may be empty; another's is not
+            # This rank's list may be empty: another's is not.
+            raise BadImageError([b for part in distributed.gather_objects(list(bad)) for b in part], self.hint)
         if bad and not self.skip:
             raise BadImageError(bad, self.hint)
         self._record(bad)

@@ -73,8 +73,6 @@ def _steps(order: torch.Tensor, batch_size: int, start_step: int) -> Iterator[to
 class InMemoryBatches:
     """Training batches from a decoded uint8 tensor."""
 
-    streamed = False
-
     def __init__(self, images: torch.Tensor, batch_size: int) -> None:
         self.images, self.batch_size = images, batch_size
 
@@ -86,7 +84,9 @@ class InMemoryBatches:
 class _CropRows:
     """What a worker makes of a batch's rows: each image's crops (and clean view), and the files it passed over."""
 
-    def __init__(self, images: StreamedImages, num_views: int, clean: bool, scale, ratio, seed: int) -> None:
+    def __init__(
+        self, images: StreamedImages, num_views: int, clean: bool, scale: tuple[float, float], ratio: tuple[float, float], seed: int
+    ) -> None:
         self.images, self.num_views, self.clean, self.scale, self.ratio, self.seed = images, num_views, clean, scale, ratio, seed
 
     def __len__(self) -> int:
@@ -126,8 +126,6 @@ class _EpochSteps:
 
 class StreamedBatches:
     """Training batches decoded and cropped by DataLoader workers from a ``StreamedImages``."""
-
-    streamed = True
 
     def __init__(
         self, images: StreamedImages, batch_size: int, num_views: int, clean: bool,
