@@ -28,7 +28,7 @@ from clusterclr.clustering.metrics import clustering_scores
 from clusterclr.config import Config, merge, read_yaml
 from clusterclr.configure import build_config
 from clusterclr.data.base import ImageDataset
-from clusterclr.data.folder import image_paths
+from clusterclr.data.folder import folder_index
 from clusterclr.errors import UserError
 from clusterclr.evaluate.clusters import cluster_assignments
 from clusterclr.evaluate.context import EvalContext
@@ -83,7 +83,7 @@ def check_request(request: ClusterRequest) -> int:
         raise UserError(f"{folder} is not a folder; give the folder that holds the images")
     if request.clusters < 2:
         raise UserError(f"--clusters must be at least 2, got {request.clusters}")
-    found = len(image_paths(folder))
+    found = len(folder_index(folder).files)  # counted from the (cached) index: no path objects for a million files
     if request.clusters > found:
         raise UserError(f"--clusters {request.clusters} is more than the {found} images in {folder}")
     if request.init is not None and not request.init.path.is_dir():
