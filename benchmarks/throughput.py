@@ -56,6 +56,7 @@ from clusterclr.data.splits import DataSplits
 from clusterclr.methods.base import DataInfo
 from clusterclr.models.backbones import ResNet
 from clusterclr.rundir import RunDir
+from clusterclr.training.batches import HostBatch
 from clusterclr.training.loop import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -121,7 +122,7 @@ def method_step(trainer: Trainer, images: torch.Tensor) -> Callable[[], None]:
     def step() -> None:
         i = next(count) % trainer.steps_per_epoch
         indices = order[i * batch : (i + 1) * batch]
-        trainer.optimise(trainer.loss(images[indices], indices), i)
+        trainer.optimise(trainer.loss(HostBatch(indices, images=images[indices])), i)
 
     return step
 

@@ -165,6 +165,15 @@ def test_stl10_column_major_images_and_one_based_labels(tmp_path: Path) -> None:
     assert splits.test.labels.tolist() == (written["test_y"].astype(int) - 1).tolist()
     assert splits.train.class_names == tuple(names)
     assert splits.unlabeled.labels is None
+    # Streamed: memory-mapped and read image by image, the same pixels; train + unlabeled joined for training.
+    streamed = load_raw("stl10", tmp_path, stream=True, workers=0)
+    for split in ("train", "test", "unlabeled"):
+        assert torch.equal(getattr(streamed, split).images[:], torch.from_numpy(written[split]))
+    from clusterclr.config import DataConfig
+    from clusterclr.data.splits import load_splits
+
+    train = load_splits(DataConfig(dataset="stl10", root=str(tmp_path), stream=True, workers=0)).train
+    assert train.streamed and torch.equal(train.images[:], torch.from_numpy(np.concatenate([written["train"], written["unlabeled"]])))
 
     (directory / "unlabeled_X.bin").unlink()
     assert stl10.load(directory).unlabeled is None
@@ -393,7 +402,7 @@ def test_digits() -> None:
 
 
 def test_registry_lists_every_format() -> None:
-    expected = {"digits", "cifar10", "cifar100", "cifar100-20", "stl10", "mnist", "fashion-mnist", "folder", "npz"}
+    expected = {"digits", "cifar10", "cifar100", "cifar100-20", "stl10", "mnist", "fashion-mnist", "folder", "shards", "npz"}
     assert set(DATASETS) == expected
     assert all(spec.name == name and spec.description for name, spec in DATASETS.items())
     assert [n for n, s in DATASETS.items() if not s.needs_root] == ["digits"]

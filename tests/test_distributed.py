@@ -207,7 +207,7 @@ def _train(name: str, run_dir: Path) -> tuple[dict[str, torch.Tensor], list[torc
     freeze_batch_norm(trainer.method)
     seen = []
     loss = trainer.loss
-    trainer.loss = lambda images, indices: seen.append(indices.clone()) or loss(images, indices)
+    trainer.loss = lambda host: seen.append(host.indices.clone()) or loss(host)
     trainer.fit(SilentLog())
     return trainer.method.state_dict(), seen
 

@@ -22,7 +22,7 @@ from clusterclr.pathtext import path_from_text, path_text
 from clusterclr.version import __version__
 
 # Loaded on first use, so `import clusterclr` (and the command line) stays quick.
-_API = ("Clusters", "Run", "cluster", "finish_cluster", "load", "make_config", "resume", "train")
+_API = ("Clusters", "Run", "cluster", "finish_cluster", "load", "make_config", "prepare", "resume", "train")
 
 __all__ = [*_API, "__version__", "path_from_text", "path_text"]
 

@@ -41,6 +41,7 @@ from clusterclr.commands.cluster import (
     cluster_folder,
     resume_cluster_folder,
 )
+from clusterclr.commands.prepare import prepare as prepare_shards
 from clusterclr.commands.stage import end_to_end, stage_run
 from clusterclr.config import Config
 from clusterclr.configure import build_config
@@ -172,6 +173,12 @@ def cluster(
         overrides=list(overrides), minutes=minutes,
     )
     return _clusters(cluster_folder(request))
+
+
+def prepare(folder: PathLike, out: PathLike, size: str | int | None = None) -> dict[str, Any]:
+    """Pack a folder of images into WebDataset tar shards in ``out`` (``size``: bytes per shard, e.g. "500MB");
+    returns their shard index. Train on them with the data set ``shards`` and ``data.root=out``."""
+    return prepare_shards(Path(folder), Path(out), size)
 
 
 def finish_cluster(run_dir: PathLike, copy_to: PathLike | None = None) -> Clusters:

@@ -118,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     assign.add_argument("--skip-bad", action=argparse.BooleanOptionalAction,
                         help="leave out image files that cannot be read, listing them and why (default: as the run was trained)")
 
+    prepare = commands.add_parser(
+        "prepare", help="pack a folder of images into WebDataset tar shards (for clusters of machines)",
+        description="Writes SHARDS/shard-NNNNNN.tar (each image's own bytes, its class and source path, WebDataset's "
+                    "layout) and SHARDS/shards.json (a wids shard index). Train with --dataset shards --data-root SHARDS.",
+    )
+    prepare.add_argument("folder", help="folder of images (flat, or one subfolder per class)")
+    prepare.add_argument("--out", required=True, metavar="SHARDS", help="new or empty folder for the shards")
+    prepare.add_argument("--size", help="bytes per shard, e.g. 500MB or 2GiB (default: 1GiB)")
+
     commands.add_parser("methods", help="list the registered methods")
     commands.add_parser("datasets", help="list the supported data sets")
     return parser

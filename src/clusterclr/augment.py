@@ -15,7 +15,7 @@ Presets follow image resolution (``preset: auto``):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import kornia.augmentation as K
@@ -23,6 +23,9 @@ import torch
 from torch import nn
 
 from clusterclr.config import AugmentConfig
+from clusterclr.data.base import BadFile
+from clusterclr.data.loading import image_batches
+from clusterclr.data.streamed import StreamedImages
 
 # The SimCLR / MoCo v2 CIFAR recipe; the other presets differ from it where noted.
 _CIFAR = dict(
@@ -68,7 +71,11 @@ class ViewMaker(nn.Module):
     ) -> None:
         super().__init__()
         self.recipe = recipe
-        ops: list[nn.Module] = [BatchedResizedCrop(image_size, scale=recipe.crop_scale, ratio=recipe.crop_ratio)]
+        # The crop is kept apart from the rest: a streamed data set crops while decoding (``data/crops.py``)
+        # and makes only the rest here (``finish``). Applied one after the other, the parameters drawn are
+        # the same as one Sequential's.
+        self.crop = BatchedResizedCrop(image_size, scale=recipe.crop_scale, ratio=recipe.crop_ratio)
+        ops: list[nn.Module] = []
         if recipe.flip_prob > 0:
             ops.append(K.RandomHorizontalFlip(p=recipe.flip_prob))
         colour = channels == 3
@@ -112,18 +119,25 @@ class ViewMaker(nn.Module):
         return self._normalise(self._to_unit(images))
 
     def clean_batches(
-        self, images: torch.Tensor, batch_size: int, device: torch.device, channels_last: bool = False
-    ) -> Iterator[torch.Tensor]:
-        """Clean views of host-side uint8 ``images``, ``batch_size`` at a time, on ``device``."""
-        for start in range(0, len(images), batch_size):
-            x = self.clean(images[start : start + batch_size].to(device, non_blocking=True))
-            yield x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        self, images: torch.Tensor | StreamedImages, batch_size: int, device: torch.device, channels_last: bool = False
+    ) -> Iterator[tuple[torch.Tensor, list[BadFile]]]:
+        """Clean views of host-side uint8 ``images`` (in memory, or streamed: see ``data.loading.image_batches``),
+        ``batch_size`` at a time, on ``device``, each with the unreadable files replaced in it."""
+        chunks = torch.arange(len(images)).split(batch_size)
+        for pixels, bad in image_batches(images, chunks, pin=device.type == "cuda"):
+            x = self.clean(pixels.to(device, non_blocking=True))
+            yield (x.contiguous(memory_format=torch.channels_last) if channels_last else x), bad
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, num_views: int = 2) -> list[torch.Tensor]:
         """``num_views`` independent augmented views of ``images``."""
         x = self._to_unit(images)
-        return [self._normalise(self.augment(x).clamp_(0.0, 1.0)) for _ in range(num_views)]
+        return [self._normalise(self.augment(self.crop(x)).clamp_(0.0, 1.0)) for _ in range(num_views)]
+
+    @torch.no_grad()
+    def finish(self, crops: torch.Tensor) -> torch.Tensor:
+        """One view of uint8 ``crops`` that are already randomly cropped and resized: every other step of the recipe."""
+        return self._normalise(self.augment(self._to_unit(crops)).clamp_(0.0, 1.0))
 
 
 class BatchedResizedCrop(K.RandomResizedCrop):
@@ -202,16 +216,29 @@ def shift_hue(images: torch.Tensor, radians: torch.Tensor) -> torch.Tensor:
 def channel_stats(images: torch.Tensor, chunk: int = 1024) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of a uint8 image tensor, in [0, 1] units.
 
-    Summed in float64 chunk by chunk, so memory stays at one chunk however
-    large the data set.
+    Counted chunk by chunk, so memory stays at one chunk however large the
+    data set.
     """
-    total = torch.zeros(images.shape[1], dtype=torch.float64)
-    squares = torch.zeros_like(total)
-    for start in range(0, len(images), chunk):
-        x = images[start : start + chunk].double().div_(255.0)
-        total += x.sum(dim=(0, 2, 3))
-        squares += x.square().sum(dim=(0, 2, 3))
-    n = images.shape[0] * images.shape[2] * images.shape[3]
-    mean = total / n
-    std = ((squares - n * mean.square()) / max(n - 1, 1)).clamp_min(0).sqrt().clamp_min(1e-3)
+    return chunked_channel_stats(images[start : start + chunk] for start in range(0, len(images), chunk))
+
+
+def chunked_channel_stats(chunks: Iterable[torch.Tensor]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``channel_stats`` of the images in ``chunks`` (uint8 N×C×H×W each).
+
+    From a histogram of each channel's 256 values, so the sums are exact and
+    the result does not depend on how the images are chunked: a streamed data
+    set, passed over in its own chunks, gets the statistics of the decoded one.
+    """
+    counts = None
+    for images in chunks:
+        if counts is None:
+            counts = torch.zeros(images.shape[1], 256, dtype=torch.float64)
+        for c in range(images.shape[1]):
+            counts[c] += torch.bincount(images[:, c].reshape(-1), minlength=256)
+        del images  # before the next chunk is read
+    values = torch.arange(256, dtype=torch.float64) / 255.0
+    n = counts.sum(1)
+    mean = (counts * values).sum(1) / n
+    squares = (counts * (values - mean[:, None]).square()).sum(1)
+    std = (squares / (n - 1).clamp_min(1)).sqrt().clamp_min(1e-3)
     return tuple(mean.tolist()), tuple(std.tolist())

@@ -18,9 +18,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from clusterclr.augment import ViewMaker, channel_stats, recipe_for
+from clusterclr.augment import (
+    ViewMaker,
+    channel_stats,
+    chunked_channel_stats,
+    recipe_for,
+)
 from clusterclr.config import Config
 from clusterclr.configure import resolve_clusters, validate
+from clusterclr.data.loading import statistics_chunks
 from clusterclr.data.splits import DataSplits, load_splits
 from clusterclr.errors import UserError
 from clusterclr.io import load_checkpoint
@@ -31,6 +37,7 @@ from clusterclr.positives.sampler import SemanticPositives
 from clusterclr.rundir import RunDir
 from clusterclr.stage.head import StageHead
 from clusterclr.stage.store import read_stage
+from clusterclr.training.batches import InMemoryBatches, StreamedBatches
 
 # The keys of ``DataInfo`` that describe the data itself; a resumed run must find them unchanged.
 DATA_KEYS = ("num_images", "num_classes", "channels", "image_size")
@@ -145,11 +152,24 @@ def build_parts(
         raise UserError(f"the training split has {len(train)} images, fewer than optim.batch_size={config.optim.batch_size}")
     clusters = resolve_clusters(config.clusters, splits.num_classes, len(splits.bank), f"data set '{splits.name}'")
     if normalisation is None:
-        mean, std = channel_stats(train.images)
+        mean, std = chunked_channel_stats(statistics_chunks(train.images)) if train.streamed else channel_stats(train.images)
         normalisation = {"mean": list(mean), "std": list(std)}
     data = DataInfo(len(train), splits.num_classes, train.channels, train.image_size, clusters)
     model = build_model(config, data, normalisation, backbone_weights)
     return Parts(**vars(model), splits=splits)
+
+
+def training_batches(parts: Parts) -> InMemoryBatches | StreamedBatches:
+    """Where the training loop's batches come from: rows of the decoded images, or DataLoader workers
+    decoding and cropping a streamed data set (``training/batches.py``)."""
+    train, cfg = parts.splits.train, parts.config
+    if not train.streamed:
+        return InMemoryBatches(train.images, cfg.optim.batch_size)
+    recipe = parts.views.recipe
+    return StreamedBatches(
+        train.images, cfg.optim.batch_size, parts.method.num_views, parts.method.needs_clean_view,
+        recipe.crop_scale, recipe.crop_ratio, cfg.seed, pin=parts.device.type == "cuda",
+    )
 
 
 def model_state(model: Model) -> dict:

@@ -1,4 +1,4 @@
-"""The ``clusterclr`` command line: train, evaluate, embed, export, report, cluster, assign, methods, datasets.
+"""The ``clusterclr`` command line: train, evaluate, embed, export, report, cluster, assign, prepare, methods, datasets.
 
 A thin layer over the Python API (``clusterclr.api``) and ``commands/``:
 each handler parses, calls, and prints. Modules load inside the handlers,
@@ -239,6 +239,16 @@ def _assign(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from clusterclr import api
+
+    index = api.prepare(args.folder, args.out, args.size)
+    images = sum(shard["nsamples"] for shard in index["shardlist"])
+    print(f"wrote {images} images in {len(index['shardlist'])} shards to {args.out}; "
+          f"train on them with --dataset shards --data-root {args.out}")
+    return 0
+
+
 def _methods(args: argparse.Namespace) -> int:
     from clusterclr.methods.registry import method_summaries
 
@@ -286,7 +296,7 @@ def _resumable(args: argparse.Namespace) -> str:
 
 HANDLERS = {
     "train": _train, "evaluate": _evaluate, "embed": _embed, "export": _export, "report": _report,
-    "cluster": _cluster, "stage": _stage, "assign": _assign, "methods": _methods, "datasets": _datasets,
+    "cluster": _cluster, "stage": _stage, "assign": _assign, "prepare": _prepare, "methods": _methods, "datasets": _datasets,
 }
 
 

@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    ByteSize,
     ConfigDict,
     Field,
     NonNegativeFloat,
@@ -52,6 +53,15 @@ class DataConfig(_Section):
     split_seed: int = Field(0, ge=0, lt=2**31)
     # Leave out image files that cannot be read (listed in RUN_DIR/skipped_files.txt) instead of stopping.
     skip_bad: bool = False
+    # Stream images from their files (folders, shards, stl10) rather than decode them all into memory:
+    # auto streams when the decoded images would exceed memory_limit (clusterclr.data.budget).
+    stream: bool | Literal["auto"] = "auto"
+    # Bytes the decoded images may take, e.g. 16GB or 512MiB; None: half this machine's memory,
+    # shared by its training processes.
+    memory_limit: ByteSize | None = None
+    # DataLoader processes that decode streamed images; None: the machine's cores shared by its
+    # training processes, one kept for each, at most 8 each.
+    workers: NonNegativeInt | None = None
 
     @field_validator("root")
     @classmethod

@@ -29,6 +29,7 @@ from clusterclr.config import Config, read_yaml
 from clusterclr.configure import validate
 from clusterclr.errors import UserError
 from clusterclr.io import load_newest_checkpoint, previous_checkpoint, write_text
+from clusterclr.pathtext import path_from_text
 
 if TYPE_CHECKING:
     from clusterclr.data.base import BadFile
@@ -182,6 +183,13 @@ class RunDir:
         nothing is written when none was."""
         if skipped:
             write_text(self.skipped_files, "".join(f"{bad.line()}\n" for bad in skipped))
+
+    def read_skipped_files(self) -> list[tuple[str, str]]:
+        """The (exact path, reason) pairs ``write_skipped_files`` wrote, if any."""
+        if not self.skipped_files.is_file():
+            return []
+        lines = self.skipped_files.read_text(encoding="utf-8").splitlines()
+        return [(path_from_text(path), reason) for path, reason in (line.split("\t", 1) for line in lines if "\t" in line)]
 
 
 def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:

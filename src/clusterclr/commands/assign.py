@@ -13,14 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from clusterclr.build import Model
 from clusterclr.clustering.assignments import (
     ClusterAssignments,
     assign_to_clusters,
     load_centroids,
 )
-from clusterclr.data.base import BadFile, ImageDataset, refuse_bad_files
-from clusterclr.data.folder import EXTENSIONS, image_files, read_files
+from clusterclr.data.base import BadFile, ImageDataset
+from clusterclr.data.folder import EXTENSIONS, image_files
+from clusterclr.data.loading import default_workers
+from clusterclr.data.streamed import BadFiles, FileStore, StreamedImages
 from clusterclr.errors import UserError
 from clusterclr.evaluate.features import Embeddings, embed
 from clusterclr.pathtext import path_text
@@ -60,6 +64,13 @@ class FileEmbeddings:
     skipped: tuple[BadFile, ...] = ()
 
 
+def streamed_files(paths: list[Path], size: int, bad_files: BadFiles, workers: int | None = None) -> ImageDataset:
+    """``paths`` as a data set read as the folder data set reads them, decoded a batch at a time as they are
+    embedded (any number of files in bounded memory); unusable files go to ``bad_files``."""
+    images = StreamedImages(FileStore.of(paths), size, bad_files=bad_files, workers=default_workers() if workers is None else workers)
+    return ImageDataset(images, sources=images.sources)
+
+
 def embed_files(model: Model, paths: list[Path], skip_bad: bool = False) -> FileEmbeddings:
     """Features (and head probabilities) of image files, read as the folder data set reads them at the run's
     resolution; an unusable file is an error naming it unless ``skip_bad``."""
@@ -68,11 +79,13 @@ def embed_files(model: Model, paths: list[Path], skip_bad: bool = False) -> File
         raise UserError(f"the run was trained on {height}×{width} images; image files are read square only")
     if model.method.data.channels != 3:
         raise UserError(f"the run was trained on {model.method.data.channels}-channel images; image files are read as RGB")
-    read = read_files(paths, height, "given", progress=True)
-    if not skip_bad:
-        refuse_bad_files(read.bad, SKIP_FLAG)
-    embeddings = embed(model, ImageDataset(read.images))
-    return FileEmbeddings([paths[i] for i in read.kept], embeddings, read.bad)
+    bad_files = BadFiles(skip_bad, SKIP_FLAG)
+    embeddings = embed(model, streamed_files(paths, height, bad_files, model.config.data.workers))
+    skipped = set(embeddings.skipped)
+    kept = [row for row in range(len(paths)) if row not in skipped]
+    if len(kept) < len(paths):
+        embeddings = embeddings.select(torch.tensor(kept, dtype=torch.long))
+    return FileEmbeddings([paths[row] for row in kept], embeddings, tuple(bad_files.found.values()))
 
 
 def assign_images(

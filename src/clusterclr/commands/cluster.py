@@ -39,7 +39,7 @@ from clusterclr.commands.stage import (
 from clusterclr.config import Config, merge, read_yaml
 from clusterclr.configure import build_config
 from clusterclr.data.base import ImageDataset
-from clusterclr.data.folder import DEFAULT_IMAGE_SIZE, image_paths, typical_side
+from clusterclr.data.folder import DEFAULT_IMAGE_SIZE, folder_index, typical_side
 from clusterclr.errors import OutputError, UserError
 from clusterclr.evaluate.clusters import cluster_assignments
 from clusterclr.evaluate.context import EvalContext
@@ -93,7 +93,7 @@ def check_request(request: ClusterRequest) -> int:
         raise UserError(f"{path_text(folder)} is not a folder; give the folder that holds the images")
     if request.clusters != "auto" and request.clusters < 2:
         raise UserError(f"--clusters must be at least 2 (or auto), got {request.clusters}")
-    found = len(image_paths(folder))
+    found = len(folder_index(folder).files)  # counted from the (cached) index: no path objects for a million files
     if request.clusters != "auto" and request.clusters > found:
         raise UserError(f"--clusters {request.clusters} is more than the {found} images in {path_text(folder)}")
     if request.minutes is not None and (request.epochs is not None or not request.minutes > 0):
@@ -125,7 +125,8 @@ def cluster_config(request: ClusterRequest, images: int) -> Config:
         "train": {"epochs": DEFAULT_EPOCHS, "eval_every": 0, "report": False},
         "stage": DEFAULT_STAGE,
     }
-    side = typical_side(image_paths(request.folder))
+    index = folder_index(request.folder)
+    side = typical_side([index.path(i) for i in range(0, len(index.files), max(1, len(index.files) // 200))])
     if side is not None and side < DEFAULT_IMAGE_SIZE:
         defaults["data"] = {"image_size": max(8, side // 4 * 4)}
     if request.init is not None:
@@ -178,9 +179,10 @@ def write_clusters(trained: TrainedRun, request: ClusterRequest) -> ClusterResul
     """
     parts, run_dir, config = trained.parts, trained.run_dir, trained.parts.config
     data = parts.splits.read  # every image of the folder, as training read it (a class tree holds some out of training)
-    paths = data.sources
     ctx = EvalContext(parts, "folder", data, data, "train", request.clusters, progress=False)
     stage = _cluster_stage(trained, request, ctx)
+    data = ctx.test  # less any streamed file found unreadable on the way (data.skip_bad)
+    paths = tuple(data.sources)
     writing: Path | str = "the clusters"
     try:
         centroids, assignments = cluster_assignments(ctx)
@@ -227,7 +229,7 @@ def _report_content(
     trained: TrainedRun, request: ClusterRequest, ctx: EvalContext, assignments: ClusterAssignments, stage: StageResult | None
 ) -> ReportContent:
     parts, run_dir, config = trained.parts, trained.run_dir, trained.parts.config
-    data = parts.splits.read
+    data = ctx.test  # the images clustered
     folder = path_text(request.folder)
     initial_weights = path_text(request.init.path) if request.init else "none (trained from scratch)"
     if request.resumed:

@@ -37,7 +37,10 @@ def _chosen_splits(
     """The requested splits in file order, at the resolution and channels the model was trained on,
     and the image files left out as unusable."""
     height, width = model.method.data.image_size
-    raw = load_raw(dataset, root, height if height == width else None, skip_bad=skip_bad, skip_hint=SKIP_FLAG)
+    # A set too large for memory is streamed, as the run's data settings say.
+    data = model.config.data
+    raw = load_raw(dataset, root, height if height == width else None, skip_bad, data.stream, data.memory_limit, data.workers,
+                   skip_hint=SKIP_FLAG)
     available = {"train": raw.train, "test": raw.test, "unlabeled": raw.unlabeled}
     names = SPLITS if split == "all" else (split,)
     chosen = [(name, available[name]) for name in names if available[name] is not None]
@@ -76,7 +79,8 @@ def embed_to_files(
         f"the {len(data)} images to embed",
     )
     ctx = EvalContext(model, dataset, data, data, split, k, progress=False)
-    embeddings = ctx.embeddings("bank")
+    embeddings = ctx.embeddings("bank")  # streamed files found unreadable (data.skip_bad) are left out
+    kept = set(range(len(data))) - set(ctx.left_out["bank"])
     assignments = ctx.kmeans(k, model.config.seed).assignments
     features = embeddings.features.numpy().astype(np.float32)
     atomic_write(out, lambda f: np.save(f, features))
@@ -85,9 +89,12 @@ def embed_to_files(
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["split", "index", "source", "label", "cluster"] + (["head_cluster", "head_confidence"] if probabilities is not None else []))
-    row = 0
+    row, read = 0, -1
     for name, part in chosen:
         for i in range(len(part)):
+            read += 1
+            if read not in kept:
+                continue
             fields = [
                 name,
                 i,

@@ -1,35 +1,42 @@
-"""In-memory image data sets: uint8 tensors plus optional labels.
+"""Image data sets: uint8 images plus optional labels.
 
 Images stay uint8 (N×C×H×W) until they reach the training device, so a data
-set costs one byte per pixel in host memory and augmentation happens batched
-on the device.
+set held in memory costs one byte per pixel and augmentation happens batched
+on the device. A data set too large for memory holds a ``StreamedImages``
+instead (``data/streamed.py``): the same shape and indexing, decoded from its
+files when read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from clusterclr.errors import UserError
 from clusterclr.pathtext import path_text
 
+if TYPE_CHECKING:
+    from clusterclr.data.streamed import StreamedImages
+
 
 @dataclass(frozen=True)
 class ImageDataset:
     """A split of a data set.
 
-    images: uint8 tensor N×C×H×W with C in {1, 3}.
+    images: uint8 tensor N×C×H×W with C in {1, 3}, or a ``StreamedImages`` of that shape.
     labels: int64 tensor of N class indices, or None for unlabelled data.
     class_names: one name per class when labels exist.
-    sources: where each image came from (a file path for folders), if known.
+    sources: where each image came from (a file path for folders), if known;
+    looked up row by row for a streamed set.
     """
 
-    images: torch.Tensor
+    images: torch.Tensor | StreamedImages
     labels: torch.Tensor | None = None
     class_names: tuple[str, ...] | None = None
-    sources: tuple[str, ...] | None = None
+    sources: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         images = self.images
@@ -50,6 +57,11 @@ class ImageDataset:
         return self.images.shape[0]
 
     @property
+    def streamed(self) -> bool:
+        """Whether the images are read from their files when needed rather than held in memory."""
+        return not isinstance(self.images, torch.Tensor)
+
+    @property
     def channels(self) -> int:
         return self.images.shape[1]
 
@@ -67,20 +79,27 @@ class ImageDataset:
 
     def subset(self, indices: torch.Tensor) -> ImageDataset:
         indices = torch.as_tensor(indices, dtype=torch.int64)
+        if self.streamed:
+            images = self.images.take(indices)
+            sources = images.sources
+        else:
+            images = self.images[indices]
+            sources = None if self.sources is None else tuple(self.sources[i] for i in indices.tolist())
         return ImageDataset(
-            images=self.images[indices],
+            images=images,
             labels=None if self.labels is None else self.labels[indices],
             class_names=self.class_names,
-            sources=None if self.sources is None else tuple(self.sources[i] for i in indices.tolist()),
+            sources=sources,
         )
 
 
 @dataclass(frozen=True)
 class BadFile:
-    """An image file a loader could not use, and why."""
+    """An image file a loader could not use, and why (``row``: its row in the set being read, when streamed)."""
 
     path: str
     reason: str
+    row: int | None = None
 
     def line(self) -> str:
         """``path<TAB>reason`` on one line, both written as ``path_text`` writes a path."""
@@ -89,11 +108,15 @@ class BadFile:
 
 def refuse_bad_files(bad: Sequence[BadFile], skip_hint: str, prefix: str = "") -> None:
     """An error naming the first of ``bad`` (and how many more) and ``skip_hint``, how to skip them; none if none."""
-    if not bad:
-        return
+    if bad:
+        raise UserError(prefix + bad_files_message(bad, skip_hint))
+
+
+def bad_files_message(bad: Sequence[BadFile], skip_hint: str) -> str:
+    """What is wrong with the first of ``bad`` (and how many more there are), and ``skip_hint``, how to skip them."""
     more = len(bad) - 1
-    raise UserError(
-        f"{prefix}cannot use {path_text(bad[0].path)}: {bad[0].reason}"
+    return (
+        f"cannot use {path_text(bad[0].path)}: {bad[0].reason}"
         + (f" (and {more} more bad file{'s' if more > 1 else ''})" if more else "")
         + f"; fix or remove it, or skip bad files with {skip_hint}"
     )
@@ -124,6 +147,12 @@ def concat(datasets: list[ImageDataset]) -> ImageDataset:
     if len(shapes) != 1:
         raise UserError(f"cannot join splits with different image shapes: {sorted(map(tuple, shapes))}")
     labelled = all(d.labels is not None for d in datasets)
+    if any(d.streamed for d in datasets):
+        if not all(d.streamed for d in datasets):
+            raise ValueError("cannot join streamed and in-memory splits")
+        images = type(datasets[0].images).concat([d.images for d in datasets])
+        return ImageDataset(images, torch.cat([d.labels for d in datasets]) if labelled else None,
+                            datasets[0].class_names if labelled else None, images.sources)
     return ImageDataset(
         images=torch.cat([d.images for d in datasets]),
         labels=torch.cat([d.labels for d in datasets]) if labelled else None,

@@ -6,8 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from clusterclr.data import cifar, digits, folder, mnist, npz, stl10
+from clusterclr.data import cifar, digits, folder, mnist, npz, shards, stl10
 from clusterclr.data.base import RawSplits, refuse_bad_files
+from clusterclr.data.budget import streams
+from clusterclr.data.loading import default_workers
+from clusterclr.data.streamed import SKIP_HINT, BadFiles
 from clusterclr.errors import UserError
 from clusterclr.pathtext import path_text
 
@@ -18,6 +21,8 @@ class DatasetSpec:
     description: str  # one line, shown to users
     load: Callable[[Path | None, int | None], RawSplits]
     needs_root: bool
+    # The splits with ``StreamedImages``, nothing decoded: for sets that can stream (``data.stream``).
+    open_streamed: Callable[[Path | None, int | None], RawSplits] | None = None
 
 
 _IDX = "a folder of idx files, plain or .gz (torchvision's layout too)"
@@ -30,27 +35,34 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("cifar10", "CIFAR-10, the official 'cifar-10-batches-py' directory", cifar.load_cifar10, True),
         DatasetSpec("cifar100", f"CIFAR-100 (100 fine classes), {_CIFAR100}", cifar.load_cifar100, True),
         DatasetSpec("cifar100-20", f"CIFAR-100 (20 coarse superclasses), {_CIFAR100}", cifar.load_cifar100_20, True),
-        DatasetSpec("stl10", "STL-10, the official 'stl10_binary' directory", stl10.load, True),
+        DatasetSpec("stl10", "STL-10, the official 'stl10_binary' directory", stl10.load, True, stl10.open_streamed),
         DatasetSpec("mnist", f"MNIST, {_IDX}", mnist.load_mnist, True),
         DatasetSpec("fashion-mnist", f"Fashion-MNIST, {_IDX}", mnist.load_fashion_mnist, True),
-        DatasetSpec("folder", "a folder of images: flat (unlabelled) or one subfolder per class", folder.load, True),
+        DatasetSpec(
+            "folder", "a folder of images: flat (unlabelled) or one subfolder per class", folder.load, True, folder.open_streamed
+        ),
+        DatasetSpec(
+            "shards", "WebDataset tar shards written by `clusterclr prepare` (the folder holding shards.json)",
+            shards.load, True, shards.open_streamed,
+        ),
         DatasetSpec("npz", "a .npz file: uint8 'x', optional 'y', 'x_test', 'y_test', 'class_names'", npz.load, True),
     )
 }
 
 
 def load_raw(
-    name: str,
-    root: str | Path | None,
-    image_size: int | None = None,
-    skip_bad: bool = False,
-    skip_hint: str = "--set data.skip_bad=true",
+    name: str, root: str | Path | None, image_size: int | None = None, skip_bad: bool = False,
+    stream: bool | str = False, memory_limit: int | None = None, workers: int | None = None, skip_hint: str = SKIP_HINT,
 ) -> RawSplits:
     """Read data set ``name`` from ``root`` (ignored by sets that need none).
 
     An image file that cannot be used is an error naming it (and ``skip_hint``,
     the caller's way to skip), unless ``skip_bad``: then it is left out and
-    listed in ``bad_files``.
+    listed in ``bad_files``. ``stream`` (True, False or "auto" against
+    ``memory_limit`` bytes, see ``data/budget.py``): return the splits of a
+    set that can stream with their images unread, to be decoded by
+    ``workers`` DataLoader processes as they are used; its bad files are
+    then met, and judged, on the way.
     """
     spec = DATASETS.get(name)
     if spec is None:
@@ -61,6 +73,17 @@ def load_raw(
             raise UserError(f"dataset {name!r} needs --data-root pointing at {spec.description}")
         if not path.exists():
             raise UserError(f"dataset {name!r}: --data-root {path_text(path)} does not exist")
+    if stream is not False and spec.open_streamed is None and stream != "auto":
+        raise UserError(f"data.stream=true: dataset {name!r} is read whole; folders, shards and stl10 can stream")
+    if stream is not False and spec.open_streamed is not None:
+        raw = spec.open_streamed(path, image_size)
+        if streams(stream, raw, memory_limit):
+            tracker = BadFiles(skip_bad, skip_hint)
+            for split in (raw.train, raw.test, raw.unlabeled):
+                if split is not None:
+                    split.images.bad_files = tracker
+                    split.images.workers = default_workers() if workers is None else workers
+            return raw
     raw = spec.load(path, image_size)
     if not skip_bad:
         refuse_bad_files(raw.bad_files, skip_hint, f"{name}: ")

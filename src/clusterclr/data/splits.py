@@ -61,9 +61,13 @@ def holdout_indices(dataset: ImageDataset, fraction: float, seed: int) -> tuple[
 
 
 def resize(dataset: ImageDataset, size: int, chunk: int = 1024) -> ImageDataset:
-    """Bilinear (antialiased) resize to size × size, in chunks so only one chunk is ever float."""
+    """Bilinear (antialiased) resize to size × size, in chunks so only one chunk is ever float.
+
+    A streamed data set is decoded at ``size`` instead (its files are read at their own resolution)."""
     if dataset.image_size == (size, size):
         return dataset
+    if dataset.streamed:
+        return ImageDataset(dataset.images.resized(size), dataset.labels, dataset.class_names, dataset.sources)
     images = torch.empty((len(dataset), dataset.channels, size, size), dtype=torch.uint8)
     for start in range(0, len(dataset), chunk):
         part = dataset.images[start : start + chunk].float()
@@ -73,7 +77,7 @@ def resize(dataset: ImageDataset, size: int, chunk: int = 1024) -> ImageDataset:
 
 
 def load_splits(cfg: DataConfig) -> DataSplits:
-    raw = load_raw(cfg.dataset, cfg.root, cfg.image_size, cfg.skip_bad)
+    raw = load_raw(cfg.dataset, cfg.root, cfg.image_size, cfg.skip_bad, cfg.stream, cfg.memory_limit, cfg.workers)
     if raw.bad_files:
         first = raw.bad_files[0]
         warnings.warn(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 import torch.nn.functional as F
 
 from clusterclr.build import Model, Parts
@@ -26,6 +27,8 @@ class EvalContext:
     progress: bool = True
     conversions: list[str] = field(default_factory=list)  # what was done to the images to fit the model
     choice: KChoice | None = None  # how K was chosen, when it was
+    # Rows of a split (as given) left out because their file proved unreadable while embedding it.
+    left_out: dict[str, tuple[int, ...]] = field(default_factory=dict)
     _embeddings: dict[str, Embeddings] = field(default_factory=dict, repr=False)
     _fits: dict[tuple[int, int], KMeansResult] = field(default_factory=dict, repr=False)
 
@@ -56,11 +59,27 @@ class EvalContext:
         return int(max(self.bank.labels.max(), self.test.labels.max())) + 1
 
     def embeddings(self, split: str) -> Embeddings:
-        """Frozen backbone features (and cluster-head probabilities) of ``split``: "bank" or "test"."""
+        """Frozen backbone features (and cluster-head probabilities) of ``split``: "bank" or "test".
+
+        Computed once, and once for both when bank and test are one data set.
+        Images of a streamed set found unreadable on the way (``data.skip_bad``)
+        are left out of the split, here and in everything that reads it later.
+        """
         if split not in self._embeddings:
-            other = "test" if split == "bank" else "bank"
-            same = self.bank is self.test and other in self._embeddings  # one data set clustered alone: embedded once
-            self._embeddings[split] = self._embeddings[other] if same else embed(self.model, getattr(self, split))
+            dataset = getattr(self, split)
+            both = ("bank", "test") if self.bank is self.test else (split,)
+            embeddings = embed(self.model, dataset)
+            skipped = embeddings.skipped
+            if skipped:
+                keep = torch.ones(len(dataset), dtype=torch.bool)
+                keep[list(skipped)] = False
+                rows = torch.nonzero(keep).flatten()
+                embeddings, dataset = embeddings.select(rows), dataset.subset(rows)
+                for name in both:
+                    setattr(self, name, dataset)
+            for name in both:
+                self._embeddings[name] = embeddings
+                self.left_out[name] = skipped
         return self._embeddings[split]
 
     def set_embeddings(self, split: str, embeddings: Embeddings) -> None:

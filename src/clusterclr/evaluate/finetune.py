@@ -111,7 +111,7 @@ def _test_top1(classifier: Classifier, model: Model, test: ImageDataset) -> floa
     classifier.eval()
     autocast = torch.autocast(model.device.type, dtype=model.autocast_dtype) if model.autocast_dtype else nullcontext()
     logits = []
-    for x in model.views.clean_batches(test.images, model.config.eval.batch_size, model.device):
+    for x, _ in model.views.clean_batches(test.images, model.config.eval.batch_size, model.device):
         with autocast:
             logits.append(classifier(x).float().cpu())
     return topk_accuracy(torch.cat(logits).numpy(), test.labels.numpy(), 1)

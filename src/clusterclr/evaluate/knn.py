@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+QUERY_CHUNK = 8192  # queries scored at once by ``knn_accuracy``
+
 
 def knn_predict(
     bank: torch.Tensor,
@@ -23,6 +25,7 @@ def knn_predict(
     temperature: float = 0.07,
     num_classes: int | None = None,
     exclude_self: bool = False,
+    index: faiss.Index | None = None,
 ) -> torch.Tensor:
     """Class scores of each query from its weighted nearest bank neighbours.
 
@@ -35,6 +38,9 @@ def knn_predict(
     row ``q`` is bank row ``q``): the search takes ``k + 1`` neighbours and
     drops index ``q``. If exact duplicates push ``q`` out of those ``k + 1``,
     the last neighbour is dropped instead, so every query keeps ``k``.
+
+    ``index``: a faiss inner-product index already holding the normalised
+    bank (to search it chunk after chunk without rebuilding it).
 
     Returns a float32 (Q, C) CPU tensor of summed ``exp(similarity / T)``
     weights; ``scores.topk(5)`` gives top-5 predictions.
@@ -64,8 +70,9 @@ def knn_predict(
         raise ValueError("exclude_self with a single bank row leaves no neighbours")
     k = min(k, available)
 
-    index = faiss.IndexFlatIP(bank.shape[1])
-    index.add(_normalised_numpy(bank))
+    if index is None:
+        index = faiss.IndexFlatIP(bank.shape[1])
+        index.add(_normalised_numpy(bank))
     sims, ids = index.search(_normalised_numpy(queries), k + 1 if exclude_self else k)
     if exclude_self:
         sims, ids = _drop_self(sims, ids)
@@ -98,13 +105,18 @@ def knn_accuracy(
         raise ValueError("no queries to score")
     bank_labels = _check_labels(bank_labels, "bank_labels")
     num_classes = int(torch.cat([bank_labels, query_labels]).max()) + 1
-    scores = knn_predict(bank, bank_labels, queries, k, temperature, num_classes)
-    top = scores.topk(min(5, num_classes), dim=1).indices
-    hits = top == query_labels.unsqueeze(1)
-    return {
-        "top1": hits[:, 0].float().mean().item(),
-        "top5": hits.any(dim=1).float().mean().item(),
-    }
+    _check_features(bank, queries)
+    # Queries a chunk at a time: the (chunk × classes) score table stays small for a million queries
+    # and a thousand classes, and the bank is normalised once.
+    index = faiss.IndexFlatIP(bank.shape[1])
+    index.add(_normalised_numpy(bank))
+    top1 = top5 = 0
+    for start in range(0, len(queries), QUERY_CHUNK):
+        scores = knn_predict(bank, bank_labels, queries[start : start + QUERY_CHUNK], k, temperature, num_classes, index=index)
+        hits = scores.topk(min(5, num_classes), dim=1).indices == query_labels[start : start + QUERY_CHUNK].unsqueeze(1)
+        top1 += int(hits[:, 0].sum())
+        top5 += int(hits.any(dim=1).sum())
+    return {"top1": top1 / len(queries), "top5": top5 / len(queries)}
 
 
 def _check_features(bank: torch.Tensor, queries: torch.Tensor) -> None:

@@ -10,6 +10,8 @@ from torch import nn
 
 from clusterclr import distributed
 from clusterclr.augment import ViewMaker
+from clusterclr.data.loading import image_batches
+from clusterclr.data.streamed import StreamedImages
 
 
 @dataclass
@@ -20,7 +22,7 @@ class TrainingImages:
     no method may let them into a loss.
     """
 
-    images: torch.Tensor  # uint8 N×C×H×W on the host, rows in training-set order
+    images: torch.Tensor | StreamedImages  # uint8 N×C×H×W on the host (or read as needed), in training-set order
     labels: torch.Tensor | None
     views: ViewMaker
     device: torch.device
@@ -60,10 +62,12 @@ class TrainingImages:
         for m in modules:
             m.train(batch_statistics)
         autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+        pin = self.device.type == "cuda"
         try:
             features = []
-            for rows in chunks:
-                x = self.views.clean(self.images[rows].to(self.device, non_blocking=True))
+            # Streamed images are decoded by DataLoader workers; an unreadable one stops every rank together.
+            for pixels, _ in image_batches(self.images, chunks, pin=pin, collective=True):
+                x = self.views.clean(pixels.to(self.device, non_blocking=True))
                 x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
                 with autocast:
                     features.append(encoder(x).float())

@@ -12,6 +12,7 @@ import torch
 
 from clusterclr.build import Parts
 from clusterclr.clustering.assignments import ClusterAssignments, save_centroids
+from clusterclr.data.streamed import StreamedImages
 from clusterclr.evaluate.clusters import cluster_assignments
 from clusterclr.evaluate.context import EvalContext
 from clusterclr.pathtext import path_text
@@ -30,7 +31,7 @@ SPLIT_NAMES = {
 class ReportContent:
     title: str
     images_described: str  # which images the map, galleries and tables show
-    images: torch.Tensor  # uint8 N×C×H×W, the shown images
+    images: torch.Tensor | StreamedImages  # uint8 N×C×H×W, the shown images (a streamed set decodes only those shown)
     features: torch.Tensor  # N×D backbone features of those images
     assignments: ClusterAssignments
     labels: np.ndarray | None = None  # (N,) class indices, when known
@@ -67,7 +68,7 @@ def run_report_content(parts: Parts, run_dir: RunDir, epoch: int, ctx: EvalConte
     centroids, assignments = cluster_assignments(ctx)
     save_centroids(run_dir.centroids, centroids)
     metrics = json.loads(run_dir.metrics.read_text(encoding="utf-8")) if run_dir.metrics.is_file() else {}
-    shown = splits.test
+    shown = ctx.test  # less any streamed file found unreadable while embedding it (data.skip_bad)
     return ReportContent(
         title=f"{parts.config.method.name} on {splits.name}",
         images_described=f"{len(shown)} images: {SPLIT_NAMES.get(splits.eval_split, splits.eval_split)}",

@@ -23,14 +23,17 @@ def epochs_within(trainer: Trainer, minutes: float) -> tuple[int, float]:
     method, optimizer, scaler = trainer.method, trainer.optimizer, trainer.scaler
     saved = copy.deepcopy((method.state_dict(), optimizer.state_dict(), scaler.state_dict()))
     rng = torch.get_rng_state()
-    images, batch = trainer.parts.splits.train.images, trainer.config.optim.batch_size
-    order = torch.randperm(len(images))
+    order = torch.randperm(trainer.method.data.num_images)
+    batches = trainer.data.batches(order, 0)
     try:
         seconds = []
-        for i in range(MEASURED_STEPS + 1):
-            indices = order[(i % trainer.steps_per_epoch) * batch : (i % trainer.steps_per_epoch + 1) * batch]
+        for _ in range(MEASURED_STEPS + 1):
             start = time.perf_counter()
-            out = trainer.loss(images[indices], indices)
+            host = next(batches, None)
+            if host is None:  # an epoch of fewer steps: start it again
+                batches = trainer.data.batches(order, 0)
+                host = next(batches)
+            out = trainer.loss(host)
             trainer.optimise(out, 0)
             float(out.loss)  # waits for the device
             seconds.append(time.perf_counter() - start)

@@ -121,6 +121,11 @@ class Checkpoints:
                 raise UserError(f"{err}; {kept}; make room, then continue with: clusterclr train --resume {self.run_dir}") from None
         self.saved_at = (position.epoch, None if position.mid_epoch is None else position.mid_epoch.step)
         self.last_good = f"{path} ({where})"
+        train = self.parts.splits.train
+        if train.streamed:  # the unreadable files a streamed run has skipped so far, every rank's
+            skipped = train.images.bad_files.everyone()
+            if distributed.is_main():
+                self.run_dir.write_skipped_files(skipped)
 
     def is_saved(self, epoch: int, progress: EpochProgress | None) -> bool:
         return self.saved_at == (epoch, None if progress is None else progress.step)

@@ -2,11 +2,13 @@
 
 Each epoch: let the method do its whole-data-set work (``on_epoch_start``),
 reseed from (seed, epoch), ask the method for the epoch's order, and for
-each batch move the uint8 images to the device, make the method's views,
-ask the method for its loss, and step. ``fit`` is that, in one screen;
-checkpoints and exact resume live in ``checkpoint.py``, signals and
+each batch take the uint8 images from the training data (``batches.py``: in
+memory, or streamed by DataLoader workers), make the method's views on the
+device, ask the method for its loss, and step. ``fit`` is that, in one
+screen; checkpoints and exact resume live in ``checkpoint.py``, signals and
 non-finite losses in ``guards.py``, starting and finishing a run in
-``run.py``.
+``run.py``. An unreadable image met while streaming stops the run with a
+checkpoint at that step, unless ``data.skip_bad``.
 
 Under ``torchrun`` (``distributed.py``) every process runs this loop on its
 slice of each global batch, with the method wrapped in
@@ -18,6 +20,7 @@ on any rank stops all of them at the same step.
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -25,16 +28,18 @@ import torch
 from tqdm import tqdm
 
 from clusterclr import distributed
-from clusterclr.build import Parts
+from clusterclr.build import Parts, training_batches
+from clusterclr.data.streamed import BadImageError
 from clusterclr.errors import Interrupted, UserError
 from clusterclr.evaluate.standard import evaluate_parts
-from clusterclr.methods.base import Batch, StepOutput
+from clusterclr.methods.base import StepOutput
 from clusterclr.methods.training_images import TrainingImages
 from clusterclr.models.backbones import ResNet
 from clusterclr.optim import build_optimizer, lr_at, peak_lr
 from clusterclr.progress import progress_bar
 from clusterclr.rundir import RunDir
 from clusterclr.runlog import RunLog, SilentLog
+from clusterclr.training.batches import HostBatch
 from clusterclr.training.checkpoint import (
     Checkpoints,
     EpochProgress,
@@ -63,6 +68,7 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.resume_point: EpochProgress | None = None  # set when continuing a checkpoint taken mid-epoch
         train = parts.splits.train
+        self.data = training_batches(parts)
         self.training_images = TrainingImages(
             train.images, train.labels, parts.views, parts.device, cfg.eval.batch_size,
             parts.autocast_dtype, cfg.train.channels_last, cfg.seed,
@@ -89,18 +95,18 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------
     def fit(self, log: RunLog | SilentLog) -> None:
-        cfg, images, batch_size = self.config, self.parts.splits.train.images, self.config.optim.batch_size
+        cfg = self.config
         bar = progress_bar(total=self.total_steps, initial=self.global_step, unit="step",
                            enabled=cfg.train.progress and distributed.is_main())
         self.method.train()
         while self.epoch < cfg.train.epochs:
             progress, order = self.start_epoch(log, bar)
+            batches = self.data.batches(order, self.epoch, progress.step)
             while progress.step < self.steps_per_epoch:
                 self.stop_if_requested(progress, bar)
                 step = self.step + progress.step
                 lr = self.set_learning_rate(step)
-                indices = distributed.local_part(order[progress.step * batch_size : (progress.step + 1) * batch_size])
-                out = self.loss(images[indices], indices)
+                out = self.loss(self.next_batch(batches, progress, bar))
                 progress.step += 1
                 if self.loss_guard.checks_every_step and distributed.any_rank(not torch.isfinite(out.loss.detach())):
                     bar.clear()
@@ -121,7 +127,10 @@ class Trainer:
         progress, self.resume_point = self.resume_point, None
         if progress is None:
             self.stop_if_requested(None, bar)
-            method_logs = self.method.on_epoch_start(self.epoch, self.training_images)
+            try:
+                method_logs = self.method.on_epoch_start(self.epoch, self.training_images)
+            except BadImageError as err:
+                self.stop_for_bad_file(err, None, bar)
             # The hooks see the same gathered features on every rank; rank 0's results are everyone's.
             distributed.broadcast_state(self.method)
             if method_logs:
@@ -143,10 +152,16 @@ class Trainer:
             group["lr"] = lr
         return lr
 
-    def loss(self, images: torch.Tensor, indices: torch.Tensor) -> StepOutput:
-        """The method's loss on host-side uint8 ``images`` (training-set rows ``indices``): moved, augmented, stepped forward."""
-        device = self.parts.device
-        batch = self._batch(images.to(device, non_blocking=True), indices.to(device))
+    def next_batch(self, batches: Iterator[HostBatch], progress: EpochProgress, bar: tqdm) -> HostBatch:
+        try:
+            return next(batches)
+        except BadImageError as err:
+            self.stop_for_bad_file(err, progress, bar)
+
+    def loss(self, host: HostBatch) -> StepOutput:
+        """The method's loss on a step's host-side uint8 images: moved, augmented, stepped forward."""
+        device, method = self.parts.device, self.method
+        batch = host.to_device(self.parts.views, device, method.num_views, method.needs_clean_view, self.config.train.channels_last)
         dtype = self.parts.autocast_dtype
         with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
             return self.model(batch)
@@ -212,6 +227,24 @@ class Trainer:
             return f"end of epoch {self.epoch}" if self.epoch else "before training"
         return f"epoch {self.epoch + 1}, step {progress.step} of {self.steps_per_epoch}"
 
+    def save_unless_saved(self, progress: EpochProgress | None) -> None:
+        """Checkpoint this exact point before a stop, unless that is the checkpoint just written."""
+        if not self.checkpoints.is_saved(self.epoch, progress):
+            if progress is not None:
+                # Never replace a good checkpoint with weights a non-finite step has already spoiled.
+                self.loss_guard.finite(progress.loss_sum, f"by step {self.step + progress.step}", self.epoch)
+            self.save(progress)
+
+    def stop_for_bad_file(self, err: BadImageError, progress: EpochProgress | None, bar: tqdm) -> None:
+        """An unreadable image met (not skipped): checkpoint this exact point and stop, saying how to go on."""
+        bar.close()
+        self.save_unless_saved(progress)
+        raise UserError(
+            f"{err.files[0].path}: {err.files[0].reason}, met at {self.where(progress)}; checkpoint written to "
+            f"{self.run_dir.checkpoint}: replace the file and continue the run with --resume {self.run_dir}, "
+            "or start it again with --set data.skip_bad=true"
+        ) from None
+
     def stop_if_requested(self, progress: EpochProgress | None, bar: tqdm) -> None:
         """On a pending SIGINT/SIGTERM (on any rank): checkpoint this exact point (unless just done) and stop."""
         if not distributed.any_rank(self.stop.signal is not None):
@@ -219,24 +252,12 @@ class Trainer:
         if self.stop.signal is None:
             self.stop.signal = signal.SIGTERM  # another rank's request
         bar.close()
-        if not self.checkpoints.is_saved(self.epoch, progress):
-            if progress is not None:
-                # Never replace a good checkpoint with weights a non-finite step has already spoiled.
-                self.loss_guard.finite(progress.loss_sum, f"by step {self.step + progress.step}", self.epoch)
-            self.save(progress)
+        self.save_unless_saved(progress)
         raise Interrupted(
             f"stopped by {signal.Signals(self.stop.signal).name} at {self.where(progress)}; checkpoint written to {self.run_dir.checkpoint}",
             self.stop.signal,
             self.run_dir.path,
         )
-
-    def _batch(self, images: torch.Tensor, indices: torch.Tensor) -> Batch:
-        views = self.parts.views(images, self.method.num_views)
-        clean = self.parts.views.clean(images) if self.method.needs_clean_view else None
-        if self.config.train.channels_last:
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-            clean = None if clean is None else clean.contiguous(memory_format=torch.channels_last)
-        return Batch(views, indices, clean)
 
 
 def _compile_backbones(method: torch.nn.Module) -> None:

@@ -75,6 +75,9 @@ def resume_run(run_dir: RunDir) -> TrainedRun:
     trainer = Trainer(build_parts(config, state["normalisation"]), run_dir)
     _check_same_data(state["data_info"], asdict(trainer.method.data), path)
     trainer.restore(state, path)
+    train = trainer.parts.splits.train
+    if train.streamed:  # files skipped before the stop stay listed
+        train.images.bad_files.remember(distributed.on_main_then_broadcast(run_dir.read_skipped_files))
     if distributed.is_main():
         run_dir.write_skipped_files(trainer.parts.splits.skipped)
     return _train(trainer)

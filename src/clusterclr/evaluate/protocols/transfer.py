@@ -58,6 +58,11 @@ def adapt(dataset: ImageDataset, model: Model) -> tuple[ImageDataset, list[str]]
     """``dataset`` with the channels and size ``model`` was trained on, and the conversions made, in words."""
     channels, size = model.method.data.channels, model.method.data.image_size
     images, done = dataset.images, []
+    if dataset.streamed and dataset.channels != channels:
+        raise UserError(
+            f"data set B is streamed from its files, whose {dataset.channels} channels a {channels}-channel model "
+            "cannot take; read it into memory with --set data.stream=false"
+        )
     if dataset.channels == 1 and channels == 3:
         images = images.expand(-1, 3, -1, -1).contiguous()
         done.append("1 -> 3 channels (grey repeated)")
