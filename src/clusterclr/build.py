@@ -22,7 +22,7 @@ from clusterclr.configure import resolve_clusters, validate
 from clusterclr.data.splits import DataSplits, load_splits
 from clusterclr.errors import UserError
 from clusterclr.io import load_checkpoint
-from clusterclr.methods.base import DataInfo, Method
+from clusterclr.methods.base import DataInfo, Method, freeze
 from clusterclr.methods.registry import get_method
 from clusterclr.models.backbones import build_backbone, resolve_stem
 from clusterclr.positives.sampler import SemanticPositives
@@ -102,6 +102,8 @@ def build_model(
     backbone = build_backbone(config.model.backbone, data.channels, resolve_stem(config.model.stem, data.image_size), config.model.width)
     if backbone_weights is not None:
         _load_backbone(backbone, backbone_weights)
+    if config.optim.backbone_lr_scale == 0:
+        freeze(backbone)  # before the method copies it (momentum encoders), so the copies are frozen too
     method_cls = get_method(config.method.name)
     parts = {}
     if issubclass(method_cls, SemanticPositives):

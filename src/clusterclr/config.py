@@ -156,6 +156,9 @@ class OptimConfig(_Section):
     # LARS trust coefficient η, and whether the layer-wise rate is capped at lr (as solo-learn does).
     lars_eta: PositiveFloat = 0.001
     lars_clip: bool = False
+    # Multiplies the backbone's learning rate: below 1 fine-tunes a pretrained backbone gently; 0 freezes
+    # it (no gradients computed, batch norm kept on its running statistics) so only the heads train.
+    backbone_lr_scale: NonNegativeFloat = 1.0
 
 
 class TrainConfig(_Section):

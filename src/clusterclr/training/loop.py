@@ -32,7 +32,7 @@ from clusterclr.evaluate.standard import evaluate_parts
 from clusterclr.methods.base import Batch, StepOutput
 from clusterclr.methods.training_images import TrainingImages
 from clusterclr.models.backbones import ResNet
-from clusterclr.optim import build_optimizer, lr_at, peak_lr
+from clusterclr.optim import build_optimizer, peak_lr, set_learning_rates
 from clusterclr.rundir import RunDir
 from clusterclr.runlog import RunLog, SilentLog
 from clusterclr.training.checkpoint import Checkpoints, EpochProgress, TrainingPosition, epoch_seed, rank_seed
@@ -128,10 +128,8 @@ class Trainer:
         return progress, order
 
     def set_learning_rate(self, step: int) -> float:
-        lr = lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        return lr
+        """Each parameter group's rate at ``step`` (its own scale of the schedule); returns the schedule's."""
+        return set_learning_rates(self.optimizer, step, self.total_steps, self.warmup_steps, self.peak_lr)
 
     def loss(self, images: torch.Tensor, indices: torch.Tensor) -> StepOutput:
         """The method's loss on host-side uint8 ``images`` (training-set rows ``indices``): moved, augmented, stepped forward."""
