@@ -140,19 +140,23 @@ def cluster(
     out: PathLike | None = None,
     method: str | None = None,
     init: PathLike | None = None,
+    weights: PathLike | None = None,
     epochs: int | None = None,
     copy_to: PathLike | None = None,
     config: PathLike | None = None,
     seed: int | None = None,
     overrides: Sequence[str] = (),
 ) -> Clusters:
-    """Learn from a folder of images and group them into ``clusters`` (what ``clusterclr cluster`` does)."""
+    """Learn from a folder of images and group them into ``clusters`` (what ``clusterclr cluster`` does).
+
+    ``weights``: a pretrained weights file to start from; without ``epochs`` its features are clustered as they are.
+    """
     folder = Path(folder)
     run_dir = RunDir(out) if out is not None else RunDir.new_name("cluster", folder.absolute().name)
     request = ClusterRequest(
         folder=folder, clusters=clusters, out=run_dir, method=method, init=None if init is None else RunDir(init),
-        epochs=epochs, copy_to=None if copy_to is None else Path(copy_to), config_file=config, seed=seed,
-        overrides=list(overrides),
+        weights=None if weights is None else Path(weights), epochs=epochs, copy_to=None if copy_to is None else Path(copy_to),
+        config_file=config, seed=seed, overrides=list(overrides),
     )
     return _clusters(cluster_folder(request))
 

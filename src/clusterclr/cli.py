@@ -131,8 +131,8 @@ def _cluster(args: argparse.Namespace) -> int:
 
     if args.resume:
         given = [flag for flag, value in (("FOLDER", args.folder), ("--clusters", args.clusters), ("--method", args.method),
-                 ("--init", args.init), ("--epochs", args.epochs), ("--out", args.out), ("--config", args.config),
-                 ("--seed", args.seed), ("--set", args.overrides)) if value not in (None, [])]
+                 ("--init", args.init), ("--weights", args.weights), ("--epochs", args.epochs), ("--out", args.out),
+                 ("--config", args.config), ("--seed", args.seed), ("--set", args.overrides)) if value not in (None, [])]
         if given:
             raise UserError(f"--resume finishes a cluster run with its saved settings; drop {', '.join(given)} (only --copy-to may be added)")
         print(f"finishing the cluster run in {args.resume}", file=sys.stderr)
@@ -144,7 +144,7 @@ def _cluster(args: argparse.Namespace) -> int:
         out = RunDir(args.out) if args.out else RunDir.new_name("cluster", folder.absolute().name)
         print(f"clustering {folder} into {args.clusters} clusters -> {out}", file=sys.stderr)
         result = api.cluster(
-            folder, args.clusters, out=out, method=args.method, init=args.init, epochs=args.epochs,
+            folder, args.clusters, out=out, method=args.method, init=args.init, weights=args.weights, epochs=args.epochs,
             copy_to=args.copy_to, config=args.config, seed=args.seed, overrides=args.overrides,
         )
     sizes = result.sizes()
@@ -282,7 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--clusters", type=int, metavar="K", help="number of clusters (required unless --resume)")
     cluster.add_argument("--method", help="registered method (default: simclr, with k-means on its features)")
     cluster.add_argument("--init", metavar="RUN_DIR", help="start from this run's trained backbone (fine-tune)")
-    cluster.add_argument("--epochs", type=int, help="training epochs (default: 100; 0 clusters --init's features as they are)")
+    cluster.add_argument("--weights", metavar="FILE",
+                         help="start from a pretrained backbone's weights file (ResNet, DINOv2, CLIP, ...; see README)")
+    cluster.add_argument("--epochs", type=int,
+                         help="training epochs (default: 100, or 0 with --weights; 0 clusters the initial features as they are)")
     cluster.add_argument("--out", help="run directory (default: runs/cluster-FOLDER-TIME)")
     cluster.add_argument("--copy-to", metavar="DIR", help="also copy the images into DIR/cluster_NN/ (originals untouched)")
     cluster.add_argument("--config", help="YAML config file; flags and --set override it")

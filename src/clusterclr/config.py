@@ -52,11 +52,24 @@ class DataConfig(_Section):
     split_seed: int = Field(0, ge=0, lt=2**31)
     # Leave out image files that cannot be read (listed in RUN_DIR/skipped_files.txt) instead of stopping.
     skip_bad: bool = False
+    # Convert every image to this many channels (grey repeated into RGB, RGB to BT.601 luminance);
+    # None keeps the data set's. Pretrained weights set it to the channels they take.
+    channels: Literal[1, 3] | None = None
+    # Normalise with these per-channel statistics (in [0, 1] units) instead of the training images' own;
+    # pretrained weights set them to those of the images they were trained on.
+    mean: list[float] | None = None
+    std: list[PositiveFloat] | None = None
 
     @field_validator("root")
     @classmethod
     def _absolute(cls, root: str | None) -> str | None:
         return None if root is None else str(Path(root).expanduser().absolute())
+
+    @model_validator(mode="after")
+    def _statistics_together(self) -> DataConfig:
+        if (self.mean is None) != (self.std is None) or (self.mean is not None and len(self.mean) != len(self.std)):
+            raise ValueError("mean and std go together, one value per channel each")
+        return self
 
 
 class AugmentConfig(_Section):
@@ -91,10 +104,44 @@ class AugmentConfig(_Section):
 
 
 class ModelConfig(_Section):
-    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
-    # auto: the CIFAR stem (no downsampling) up to 64 px, the ImageNet stem above.
+    """The backbone: a ResNet or a ViT, trained from scratch or started from a pretrained weights file.
+
+    ``weights`` (a file: ``clusterclr.models.pretrained``) decides the
+    architecture: ``backbone``, ``architecture`` and the ResNet's ``stem`` and
+    ``width`` or the ViT's ``patch_size`` are filled in from it (set them only
+    to confirm what it holds), so the run's checkpoint rebuilds without the file.
+    """
+
+    # vit: a ViT of another shape, which only a recorded architecture (from weights) describes.
+    backbone: Literal["resnet18", "resnet34", "resnet50", "vit_small", "vit_base", "vit_large", "vit"] = "resnet18"
+    # ResNets. auto: the CIFAR stem (no downsampling) up to 64 px, the ImageNet stem above.
     stem: Literal["auto", "cifar", "imagenet"] = "auto"
     width: PositiveFloat = 0.25
+    # ViTs: patch side, features (the class token, or it beside the mean patch token), and the MLP's
+    # activation (auto: GELU, or the weights' family's: QuickGELU for OpenAI's CLIP).
+    patch_size: PositiveInt = 16
+    pooling: Literal["cls", "cls+mean"] = "cls"
+    activation: Literal["auto", "gelu", "quick_gelu"] = "auto"
+    # A pretrained weights file to start from, and its layout (auto: told from its tensors' names).
+    # Stored absolute, like data.root.
+    weights: str | None = None
+    weights_format: str = "auto"
+    # The backbone builder's arguments, recorded from the weights file; not for editing by hand.
+    architecture: dict[str, Any] | None = None
+
+    @field_validator("weights")
+    @classmethod
+    def _absolute(cls, weights: str | None) -> str | None:
+        return None if weights is None else str(Path(weights).expanduser().absolute())
+
+    @property
+    def is_vit(self) -> bool:
+        return self.backbone.startswith("vit")
+
+    def describe(self) -> str:
+        """The backbone in a few words, e.g. "resnet18 ×0.25" or "vit_small/14 (dinov2 weights)"."""
+        shape = f"{self.backbone}/{self.patch_size}" if self.is_vit else f"{self.backbone} ×{self.width:g}"
+        return shape + (f" ({self.weights_format} weights)" if self.weights else "")
 
 
 class MethodOptions(BaseModel):

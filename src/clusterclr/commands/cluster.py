@@ -11,6 +11,8 @@ The default method is SimCLR with k-means on its features: on real photos
 (the CIFAR-10 subset, at a CPU budget) its k-means clusters scored best of
 the methods measured there, and the centre predictor's head collapsed there
 (BENCHMARKS.md); ``--method cc`` or ``center_predictor`` assign by a head.
+With ``--weights FILE`` (a pretrained backbone, ``model.weights``) the
+default is no training: the folder is clustered on the pretrained features.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from tqdm import tqdm
 
 from clusterclr.clustering.assignments import ClusterAssignments, assignments_csv, save_centroids
 from clusterclr.clustering.metrics import clustering_scores
-from clusterclr.config import Config, merge, read_yaml
+from clusterclr.config import Config, layer, merge, read_yaml
 from clusterclr.configure import build_config
 from clusterclr.data.base import ImageDataset
 from clusterclr.data.folder import image_paths
@@ -50,6 +52,7 @@ class ClusterRequest:
     out: RunDir
     method: str | None = None
     init: RunDir | None = None
+    weights: Path | None = None  # a pretrained weights file: model.weights
     epochs: int | None = None
     copy_to: Path | None = None
     config_file: str | Path | None = None
@@ -88,6 +91,10 @@ def check_request(request: ClusterRequest) -> int:
         raise UserError(f"--clusters {request.clusters} is more than the {found} images in {folder}")
     if request.init is not None and not request.init.path.is_dir():
         raise UserError(f"--init: run directory not found: {request.init}")
+    if request.weights is not None and not request.weights.is_file():
+        raise UserError(f"--weights: no weights file at {request.weights}")
+    if request.init is not None and request.weights is not None:
+        raise UserError("--init and --weights both give the backbone to start from; give one of them")
     if request.epochs is not None and request.epochs < 0:
         raise UserError(f"--epochs must be 0 or more, got {request.epochs}")
     if _inside(request.out.path, folder):
@@ -108,32 +115,40 @@ def _check_copy_target(target: Path | None, folder: Path) -> None:
 def cluster_config(request: ClusterRequest, images: int) -> Config:
     """The training config: practitioner defaults, under the user's --config, flags and --set.
 
-    Defaults: SimCLR, 100 epochs, batch min(256, images / 2) so small folders
-    still make several steps per epoch, no online evaluation (no labels to
-    score), no end-of-training report (``cluster`` writes its own). With
-    ``--init``, the model and image size are the initial run's.
+    Defaults: SimCLR, 100 epochs (0 with pretrained weights: their features
+    as they are), batch min(256, images / 2) so small folders still make
+    several steps per epoch, no online evaluation (no labels to score), no
+    end-of-training report (``cluster`` writes its own). With ``--init``,
+    the model, image size and channels are the initial run's.
     """
     defaults: dict[str, Any] = {
         "method": {"name": DEFAULT_METHOD},
         "optim": {"batch_size": min(256, max(2, images // 2))},
-        "train": {"epochs": DEFAULT_EPOCHS, "eval_every": 0, "report": False},
+        "train": {"eval_every": 0, "report": False},
     }
     if request.init is not None:
         initial, state, _ = request.init.read()
         height, width = state["data_info"]["image_size"]
-        defaults["model"] = initial.model.model_dump(mode="json")
+        # The initial run's backbone comes from its checkpoint, not from the weights file it may have started from.
+        defaults["model"] = initial.model.model_dump(mode="json", exclude={"weights"})
+        defaults["data"] = {"channels": initial.data.channels}
         if height == width:
-            defaults["data"] = {"image_size": height}
+            defaults["data"]["image_size"] = height
     user = read_yaml(request.config_file) if request.config_file else {}
     flags = {
         "data.dataset": "folder",
         "data.root": str(request.folder),
         "method.name": request.method,
+        "model.weights": None if request.weights is None else str(request.weights),
         "train.epochs": request.epochs,
         "clusters": request.clusters,
         "seed": request.seed,
     }
-    return build_config(merge(defaults, user), flags, request.overrides)
+    tree = layer(merge(defaults, user), flags, request.overrides)
+    model, train = tree.get("model"), tree.setdefault("train", {})
+    if isinstance(train, dict) and "epochs" not in train:
+        train["epochs"] = 0 if isinstance(model, dict) and model.get("weights") else DEFAULT_EPOCHS
+    return build_config(tree)
 
 
 def copy_into_clusters(paths: tuple[str, ...], clusters: np.ndarray, folder: Path, target: Path) -> None:
@@ -184,9 +199,12 @@ def write_clusters(trained: TrainedRun, request: ClusterRequest) -> ClusterResul
     features = ctx.embeddings("test").features.numpy().astype(np.float32)
     atomic_write(run_dir.embeddings, lambda f: np.save(f, features))
     csv = write_text(run_dir.clusters_csv, assignments_csv(paths, assignments))
-    initial_weights = str(request.init) if request.init else "none (trained from scratch)"
-    if request.resumed:
+    if config.model.weights is not None:
+        initial_weights = f"{config.model.weights} ({config.model.weights_format})"
+    elif request.resumed:
         initial_weights = "not recorded (resumed run)"  # --init is not part of the saved config
+    else:
+        initial_weights = str(request.init) if request.init else "none (trained from scratch)"
     content = ReportContent(
         title=f"{request.clusters} clusters of {request.folder}",
         images_described=f"all {len(data)} images in {request.folder}",
@@ -202,7 +220,7 @@ def write_clusters(trained: TrainedRun, request: ClusterRequest) -> ClusterResul
             "folder": str(request.folder),
             "method": config.method.name,
             "initial weights": initial_weights,
-            "backbone": f"{config.model.backbone} ×{config.model.width:g}",
+            "backbone": config.model.describe(),
             "image size": "×".join(map(str, parts.method.data.image_size)),
             "epochs": trained.epoch,
         },

@@ -13,7 +13,7 @@ from clusterclr.build import Model
 from clusterclr.configure import resolve_clusters
 from clusterclr.data.base import ImageDataset, concat
 from clusterclr.data.registry import load_raw
-from clusterclr.data.splits import resize
+from clusterclr.data.splits import resize, with_channels
 from clusterclr.errors import UserError
 from clusterclr.evaluate.context import EvalContext
 from clusterclr.io import atomic_write, write_text
@@ -40,8 +40,10 @@ def _chosen_splits(dataset: str, root: str | None, split: str, model: Model) -> 
         raise UserError(f"data set '{dataset}' has no {split} split")
     channels = model.method.data.channels
     for name, part in chosen:
-        if part.channels != channels:
+        # A run that converted its own images (data.channels) converts these the same way.
+        if part.channels != channels and model.config.data.channels != channels:
             raise UserError(f"the run was trained on {channels}-channel images; {dataset} {name} has {part.channels}")
+    chosen = [(name, with_channels(part, channels)[0]) for name, part in chosen]
     if height == width:
         chosen = [(name, resize(part, height)) for name, part in chosen]
     return chosen

@@ -1,11 +1,18 @@
-"""Frozen features (and cluster-head assignments) of a whole data set, as every evaluation computes them."""
+"""Frozen features (and cluster-head assignments) of a whole data set, as every evaluation computes them.
+
+Batched (``eval.batch_size``), in the run's precision (bf16 autocast where the
+device computes it natively: ``build.select_precision``), with a progress bar
+for extractions that take a while.
+"""
 
 from __future__ import annotations
 
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
 from clusterclr.build import Model
 from clusterclr.data.base import ImageDataset
@@ -26,6 +33,9 @@ def embed(model: Model, dataset: ImageDataset) -> Embeddings:
     features, probabilities = [], []
     dtype = model.autocast_dtype
     autocast = torch.autocast(model.device.type, dtype=dtype) if dtype else nullcontext()
+    # Shown only when extraction takes a while (a large ViT on a CPU): rate and time left.
+    bar = tqdm(total=len(dataset), desc="features", unit="image", disable=not cfg.train.progress, delay=2, leave=False,
+               dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
     try:
         for x in model.views.clean_batches(dataset.images, cfg.eval.batch_size, model.device, cfg.train.channels_last):
             with autocast:
@@ -34,6 +44,8 @@ def embed(model: Model, dataset: ImageDataset) -> Embeddings:
             features.append(h.float().cpu())
             if p is not None:
                 probabilities.append(p.float().cpu())
+            bar.update(len(x))
     finally:
+        bar.close()
         method.train(was_training)
     return Embeddings(torch.cat(features), torch.cat(probabilities) if probabilities else None)

@@ -46,7 +46,7 @@ def run_settings(parts: Parts, epoch: int) -> dict[str, Any]:
         "method": cfg.method.name,
         "data set": parts.splits.name,
         "data root": cfg.data.root or "",
-        "backbone": f"{cfg.model.backbone} ×{cfg.model.width:g}",
+        "backbone": cfg.model.describe(),
         "image size": "×".join(map(str, parts.method.data.image_size)),
         "epochs": f"{epoch} of {cfg.train.epochs}",
     }
