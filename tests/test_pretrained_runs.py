@@ -29,7 +29,7 @@ from clusterclr.models.pretrained import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMA
 from clusterclr.positives.semantic import mine_partners
 from clusterclr.rundir import RunDir
 
-QUIET = ["train.progress=false", "train.num_threads=1", "train.precision=fp32"]
+QUIET = ["train.progress=false", "train.precision=fp32"]
 TINY = QUIET + ["optim.batch_size=4", "method.projection_hidden_dim=16", "method.projection_dim=8", "train.report=false"]
 # (file, family, ImageNet or CLIP statistics, image size to set: DINOv2's and the ResNet's resolution is 224,
 # too large for a test; CLIP's comes from its position grid, 28 here).
@@ -38,13 +38,6 @@ LAYOUTS = {
     "dinov2_vits14_pretrain.pth": ("dinov2", IMAGENET_MEAN, IMAGENET_STD, 16),
     "ViT-B-16.pt": ("openai-clip", CLIP_MEAN, CLIP_STD, None),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +201,12 @@ def test_a_torchscript_archive_is_never_loaded_as_a_checkpoint(files, monkeypatc
     monkeypatch.setattr(torch.jit, "load", refuse)
     with pytest.raises(UserError, match="is a TorchScript archive, not a clusterclr checkpoint"):
         load_checkpoint(files / "ViT-B-16.pt")
+
+
+def test_resume_auto_compares_the_config_the_weights_decide(files, tmp_path, capsys):
+    """A pre-emptible job's one command line: the second time it finds its run, whose config the weights filled in."""
+    args = ["train", "--resume", "auto", "--out", str(tmp_path / "run"), "--dataset", "folder", "--data-root", str(files / "photos"),
+            "--epochs", "0", "--set", f"model.weights={files / 'dinov2_vits14_pretrain.pth'}", "data.image_size=16", *TINY]
+    assert main(args) == 0
+    assert main(args) == 0
+    assert "resuming" in capsys.readouterr().err
