@@ -6,7 +6,12 @@ import torch
 
 from clusterclr.clustering.metrics import cluster_accuracy
 from clusterclr.losses.cluster_contrast import cluster_contrast, marginal_entropy_gap
-from clusterclr.losses.dec import anchor_loss, clustering_loss, sharpened_target, student_t_assignment
+from clusterclr.losses.dec import (
+    anchor_loss,
+    clustering_loss,
+    sharpened_target,
+    student_t_assignment,
+)
 from clusterclr.models.cluster_heads import SoftmaxClusterHead, StudentTCentres
 
 

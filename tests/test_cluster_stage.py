@@ -5,12 +5,13 @@ import io
 import pytest
 import torch
 
-from clusterclr.errors import UserError
 from clusterclr.clustering.metrics import cluster_accuracy
+from clusterclr.config import StageConfig
+from clusterclr.configure import build_config
+from clusterclr.errors import UserError
 from clusterclr.losses.scan import scan_loss
 from clusterclr.models.cluster_heads import MultiHeadClassifier, lowest_loss_head
 from clusterclr.stage.graph import neighbour_graph
-from clusterclr.stage.options import StageOptions
 from clusterclr.stage.trainer import ClusterStage
 
 
@@ -22,7 +23,11 @@ def planted_blobs(per_blob=30, blobs=10, dim=32, seed=0):
     return centres[labels] + 0.2 * torch.randn(len(labels), dim, generator=g), labels
 
 
-FAST = dict(clusters=10, neighbours=10, batch_size=100, heads=4, epochs=30)
+FAST = dict(neighbours=10, batch_size=100, heads=4, epochs=30)
+
+
+def make(features, clusters=10, seed=0, graph=None, **settings) -> ClusterStage:
+    return ClusterStage(features, StageConfig(**{**FAST, **settings}), clusters, seed, graph)
 
 
 def save_and_load(state):
@@ -80,7 +85,7 @@ def test_lowest_loss_head_ignores_non_finite_losses():
 @pytest.mark.parametrize("method", ["scan", "temi"])
 def test_stage_recovers_planted_clusters(method):
     features, labels = planted_blobs()
-    stage = ClusterStage(features, StageOptions(method=method, **FAST))
+    stage = make(features, loss=method)
     assert stage.fit()
     result = stage.result()
     assert cluster_accuracy(labels.numpy(), result.assignments.numpy()) == 1.0
@@ -92,7 +97,7 @@ def test_stage_recovers_planted_clusters(method):
 
 def test_kept_head_is_the_one_with_the_lowest_loss_over_all_neighbours():
     features, _ = planted_blobs(seed=1)
-    stage = ClusterStage(features, StageOptions(**{**FAST, "epochs": 3, "heads": 5}))
+    stage = make(features, epochs=3, heads=5)
     scan = stage.objective
     stage.fit()
     result = stage.result()
@@ -110,10 +115,9 @@ def test_kept_head_is_the_one_with_the_lowest_loss_over_all_neighbours():
 
 def test_stage_is_deterministic_given_its_seed():
     features, _ = planted_blobs()
-    options = StageOptions(method="temi", **{**FAST, "epochs": 2})
     runs = []
     for seed in (0, 0, 1):
-        stage = ClusterStage(features, StageOptions(**{**options.as_dict(), "seed": seed}))
+        stage = make(features, seed=seed, loss="temi", epochs=2)
         stage.fit()
         runs.append(stage.result().probabilities)
     assert torch.equal(runs[0], runs[1])
@@ -122,7 +126,7 @@ def test_stage_is_deterministic_given_its_seed():
 
 def test_predict_reads_new_features_like_the_training_ones():
     features, _ = planted_blobs()
-    stage = ClusterStage(features, StageOptions(**{**FAST, "epochs": 1}))
+    stage = make(features, epochs=1)
     with pytest.raises(RuntimeError):
         stage.predict(features)
     stage.fit()
@@ -131,12 +135,12 @@ def test_predict_reads_new_features_like_the_training_ones():
 
 def test_self_labelling_trains_the_kept_head_on_its_confident_images():
     features, labels = planted_blobs()
-    stage = ClusterStage(features, StageOptions(**{**FAST, "self_label_epochs": 5, "confidence": 0.9}))
+    stage = make(features, self_label_epochs=5, confidence=0.9)
     stage.fit()
     assert stage.phase == "done" and stage.objective.head.heads == 1
     assert cluster_accuracy(labels.numpy(), stage.result().assignments.numpy()) == 1.0
     # The kept head moved away from where the clustering phase left it.
-    unlabelled = ClusterStage(features, StageOptions(**{**FAST, "self_label_epochs": 0, "confidence": 0.9}))
+    unlabelled = make(features, self_label_epochs=0, confidence=0.9)
     unlabelled.fit()
     assert unlabelled.kept_head == stage.kept_head
     assert not torch.equal(unlabelled.objective.head.weights[0], stage.objective.head.weights[0])
@@ -144,7 +148,7 @@ def test_self_labelling_trains_the_kept_head_on_its_confident_images():
 
 def test_progress_bar_shows_rate(capsys):
     features, _ = planted_blobs()
-    ClusterStage(features, StageOptions(**{**FAST, "epochs": 2})).fit(progress=True)
+    make(features, epochs=2).fit(progress=True)
     err = capsys.readouterr().err
     assert "6/6" in err and "step/s" in err
 
@@ -160,15 +164,15 @@ def test_progress_bar_shows_rate(capsys):
 )
 def test_an_interrupted_stage_resumes_exactly(method, stop_after):
     features, _ = planted_blobs(seed=2)
-    options = StageOptions(method=method, **{**FAST, "epochs": 4, "self_label_epochs": 2, "confidence": 0.5})
-    whole = ClusterStage(features, options)
+    options = dict(loss=method, epochs=4, self_label_epochs=2, confidence=0.5)
+    whole = make(features, **options)
     whole.fit()
 
-    first = ClusterStage(features, options)
+    first = make(features, **options)
     steps = iter(range(10**6))
     assert not first.fit(should_stop=lambda: next(steps) >= stop_after)
     assert first.steps_done == stop_after
-    second = ClusterStage(features, options)
+    second = make(features, **options)
     second.load_state_dict(save_and_load(first.state_dict()))
     assert second.steps_done == stop_after
     assert second.fit()
@@ -181,12 +185,12 @@ def test_an_interrupted_stage_resumes_exactly(method, stop_after):
 
 def test_resuming_with_other_options_or_features_is_refused():
     features, _ = planted_blobs()
-    stage = ClusterStage(features, StageOptions(**{**FAST, "epochs": 1}))
+    stage = make(features, epochs=1)
     state = stage.state_dict()
     with pytest.raises(UserError, match="other options"):
-        ClusterStage(features, StageOptions(**{**FAST, "epochs": 2})).load_state_dict(state)
+        make(features, epochs=2).load_state_dict(state)
     with pytest.raises(UserError, match="other features"):
-        ClusterStage(features + 1, StageOptions(**{**FAST, "epochs": 1})).load_state_dict(state)
+        make(features + 1, epochs=1).load_state_dict(state)
 
 
 # -- bad input -------------------------------------------------------------------------------
@@ -204,34 +208,34 @@ def test_resuming_with_other_options_or_features_is_refused():
 )
 def test_bad_input_is_a_user_error(features, options, message):
     with pytest.raises(UserError, match=message):
-        ClusterStage(features, StageOptions(**options))
+        make(features, **options)
 
 
 @pytest.mark.parametrize(
-    "options, message",
+    "override, message",
     [
-        (dict(clusters=1), "clusters must be at least 2"),
-        (dict(clusters=3, method="kmeans"), "one of scan, temi"),
-        (dict(clusters=3, beta=0), "beta"),
-        (dict(clusters=3, confidence=1.0), "confidence"),
-        (dict(clusters=3, lr=0), "lr must be positive"),
+        ("stage.clusters=1", "'stage.clusters'"),
+        ("stage.loss=kmeans", "'stage.loss'"),
+        ("stage.beta=0", "'stage.beta'"),
+        ("stage.confidence=1.0", "'stage.confidence'"),
+        ("stage.lr=0", "'stage.lr'"),
     ],
 )
-def test_bad_options_are_user_errors(options, message):
+def test_bad_options_are_user_errors(override, message):
     with pytest.raises(UserError, match=message):
-        StageOptions(**options)
+        build_config(overrides=[override])
 
 
-def test_method_defaults_for_neighbours_follow_the_papers():
-    assert StageOptions(clusters=3).neighbours == 20
-    assert StageOptions(clusters=3, method="temi").neighbours == 50
-    assert StageOptions(clusters=3, neighbours=7).neighbours == 7
+def test_the_loss_defaults_for_neighbours_follow_the_papers():
+    assert StageConfig().neighbours == 20
+    assert StageConfig(loss="temi").neighbours == 50
+    assert StageConfig(neighbours=7).neighbours == 7
 
 
 def test_a_given_graph_is_used_instead_of_mining_again():
     features, labels = planted_blobs()
     graph = neighbour_graph(features, 15)
-    stage = ClusterStage(features, StageOptions(**FAST), graph=graph)
+    stage = make(features, graph=graph)
     assert torch.equal(stage.graph.indices, graph.indices[:, :10])
     with pytest.raises(ValueError):
-        ClusterStage(features, StageOptions(**{**FAST, "neighbours": 20}), graph=graph)
+        make(features, graph=graph, neighbours=20)

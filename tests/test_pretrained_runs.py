@@ -106,6 +106,8 @@ def test_cluster_a_folder_on_pretrained_features(files, tmp_path, name):
         rows = list(csv.DictReader(f))
     assert len(rows) == 12 and {int(r["cluster"]) for r in rows} <= {0, 1, 2}
     height = state["data_info"]["image_size"][0]
+    # Upsampled to the weights' resolution where not set (the folder's images are 20 px).
+    assert height == (size or load_pretrained(files / name).preprocessing.resolution)
     expected = pretrained_features(files / name, read_images([Path(r["path"]) for r in rows], height))
     np.testing.assert_allclose(np.load(out / "embeddings.npy"), expected.numpy(), rtol=1e-4, atol=1e-4)
 

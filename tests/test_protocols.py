@@ -130,7 +130,8 @@ def test_stratified_split_keeps_every_class_on_both_sides():
 
 def feature_context(bank, bank_labels, test, test_labels, probabilities=None, method=None) -> EvalContext:
     """A context whose features are given, so the protocol's arithmetic is tested without a model."""
-    model = SimpleNamespace(method=method, config=build_config())
+    head = None if method is None else method.cluster_head_module()
+    model = SimpleNamespace(method=method, config=build_config(), cluster_head=lambda: head)
     images = lambda n: torch.zeros(n, 1, 2, 2, dtype=torch.uint8)  # noqa: E731 (never looked at)
     ctx = EvalContext(model, "hand", ImageDataset(images(len(bank)), bank_labels), ImageDataset(images(len(test)), test_labels),
                       "test", int(bank_labels.max()) + 1, progress=False)

@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from clusterclr.losses.scan import scan_loss, self_label_loss
-from clusterclr.losses.temi import pair_weights, teacher_probabilities, temi_loss, updated_marginal
+from clusterclr.losses.temi import (
+    pair_weights,
+    teacher_probabilities,
+    temi_loss,
+    updated_marginal,
+)
 
 
 def softmax(row):

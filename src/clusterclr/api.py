@@ -35,7 +35,13 @@ from clusterclr import distributed
 from clusterclr.build import Model, load_model, load_parts
 from clusterclr.clustering.assignments import ClusterAssignments, assignments_csv
 from clusterclr.commands.assign import assign_images, collect_images, embed_files
-from clusterclr.commands.cluster import ClusterRequest, ClusterResult, cluster_folder, resume_cluster_folder
+from clusterclr.commands.cluster import (
+    ClusterRequest,
+    ClusterResult,
+    cluster_folder,
+    resume_cluster_folder,
+)
+from clusterclr.commands.stage import stage_run
 from clusterclr.config import Config
 from clusterclr.configure import build_config
 from clusterclr.data.base import ImageDataset
@@ -46,6 +52,7 @@ from clusterclr.evaluate.protocols import PROTOCOLS, evaluate_protocols
 from clusterclr.evaluate.protocols.options import ProtocolOptions
 from clusterclr.export import export_model
 from clusterclr.rundir import RunDir
+from clusterclr.stage.store import read_stage
 from clusterclr.training.run import TrainedRun, finish, resume_run, start_run
 
 PathLike = str | os.PathLike[str]
@@ -135,28 +142,30 @@ class Clusters:
 
 def cluster(
     folder: PathLike,
-    clusters: int,
+    clusters: int | str,
     *,
     out: PathLike | None = None,
     method: str | None = None,
     init: PathLike | None = None,
     weights: PathLike | None = None,
     epochs: int | None = None,
+    minutes: float | None = None,
     copy_to: PathLike | None = None,
     config: PathLike | None = None,
     seed: int | None = None,
     overrides: Sequence[str] = (),
 ) -> Clusters:
-    """Learn from a folder of images and group them into ``clusters`` (what ``clusterclr cluster`` does).
+    """Learn from a folder of images and group them into ``clusters`` (a number, or "auto"), as ``clusterclr cluster`` does.
 
-    ``weights``: a pretrained weights file to start from; without ``epochs`` its features are clustered as they are.
+    ``minutes``: a training budget in time instead of ``epochs``. ``weights``: a pretrained weights file to
+    start from; without ``epochs`` (or ``minutes``) its features are clustered as they are.
     """
     folder = Path(folder)
     run_dir = RunDir(out) if out is not None else RunDir.new_name("cluster", folder.absolute().name)
     request = ClusterRequest(
         folder=folder, clusters=clusters, out=run_dir, method=method, init=None if init is None else RunDir(init),
         weights=None if weights is None else Path(weights), epochs=epochs, copy_to=None if copy_to is None else Path(copy_to),
-        config_file=config, seed=seed, overrides=list(overrides),
+        config_file=config, seed=seed, overrides=list(overrides), minutes=minutes,
     )
     return _clusters(cluster_folder(request))
 
@@ -240,6 +249,31 @@ class Run:
         if unknown:
             raise UserError(f"unknown protocol {unknown[0]!r}; choose from {', '.join(PROTOCOLS)}")
         return evaluate_protocols(self.directory, list(protocols), list(seeds), options or ProtocolOptions())
+
+    def fit_stage(
+        self, clusters: int | str | None = None, settings: Mapping[str, Any] | None = None, progress: bool = True,
+        resume: bool = False,
+    ) -> dict[str, Any]:
+        """Fit a clustering stage on this run's features (``clusterclr stage``); returns the run's new scores.
+
+        ``clusters``: a number, "auto", or None (``stage.clusters``, else the run's K); ``settings``: the
+        ``stage`` section's keys (``{"loss": "temi", "epochs": 50}``); ``resume``: continue a stopped stage.
+        """
+        _, metrics = stage_run(self.directory, clusters, dict(settings or {}), progress, resume)
+        self.__dict__.pop("model", None)  # the model on disk now has the stage's head
+        return metrics
+
+    def stage_summary(self) -> str:
+        """The run's clustering stage in one line, or "none"."""
+        record = read_stage(self.directory.cluster_stage)
+        if record is None:
+            return "none"
+        if record["head"] is None:
+            return f"unfinished ({record['settings']['loss']}); continue it with: clusterclr stage --resume {self.directory}"
+        chosen = "" if record["choice"] is None else f", K chosen by {record['choice']['criterion']}"
+        losses = record["head_losses"]
+        return (f"{record['settings']['loss']}, {record['clusters']} clusters{chosen}, head {record['kept_head']} of "
+                f"{len(losses)} kept (loss {losses[record['kept_head']]:.4f})")
 
     def export(self, out: PathLike, format: str = "safetensors") -> Path:
         """The encoder as ``format`` (safetensors, torchscript or onnx) at ``out``, its preprocessing beside it."""

@@ -10,11 +10,13 @@ method's ``DataInfo``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from clusterclr.augment import ViewMaker, channel_stats, recipe_for
 from clusterclr.config import Config, ModelConfig
@@ -30,6 +32,8 @@ from clusterclr.models.pretrained import load_pretrained
 from clusterclr.positives.encoders import RunEncoder, WeightsEncoder
 from clusterclr.positives.sampler import SemanticPositives, TrainedEncoder
 from clusterclr.rundir import RunDir
+from clusterclr.stage.head import StageHead
+from clusterclr.stage.store import read_stage
 
 # The keys of ``DataInfo`` that describe the data itself; a resumed run must find them unchanged.
 DATA_KEYS = ("num_images", "num_classes", "channels", "image_size")
@@ -45,11 +49,24 @@ class Model:
     views: ViewMaker
     method: Method
     normalisation: dict[str, list[float]]
+    # A finished clustering stage's head (``clusterclr stage``): where present, it assigns the clusters.
+    cluster_stage: StageHead | None = field(default=None, kw_only=True)
 
     @property
-    def clusters(self) -> int | None:
-        """K: evaluation's k-means clusters, and the method's where it has its own."""
+    def clusters(self) -> int | str | None:
+        """K: evaluation's k-means clusters, and the method's where it has its own ("auto": chosen from features)."""
         return self.method.data.clusters
+
+    def cluster_head(self) -> nn.Module | None:
+        """The module behind ``cluster_probabilities``: the stage's head, else the method's own, if any."""
+        return self.cluster_stage if self.cluster_stage is not None else self.method.cluster_head_module()
+
+    @torch.no_grad()
+    def cluster_probabilities(self, features: torch.Tensor) -> torch.Tensor | None:
+        """Soft cluster assignments (N × K) of backbone features, or None for a model without a cluster head."""
+        if self.cluster_stage is not None:
+            return self.cluster_stage(features)
+        return self.method.cluster_probabilities(features)
 
 
 @dataclass
@@ -193,17 +210,34 @@ def saved_data_info(state: dict, config: Config) -> DataInfo:
 
 
 def load_model(run_dir: RunDir) -> tuple[Model, int]:
-    """The trained model of a run (no data read) and the epoch it reached."""
+    """The trained model of a run (no data read), its clustering stage attached, and the epoch it reached."""
     config, state, _ = run_dir.read()
-    return _rebuild(config, state), int(state["epoch"])
+    model, epoch = _rebuild(config, state), int(state["epoch"])
+    attach_stage(model, run_dir, epoch)
+    return model, epoch
 
 
 def load_parts(run_dir: RunDir) -> tuple[Parts, int]:
     """A run's parts (data included), rebuilt from its newest checkpoint, and the epoch it reached."""
     config, state, _ = run_dir.read()
-    parts = build_parts(config, state["normalisation"])
+    parts, epoch = build_parts(config, state["normalisation"]), int(state["epoch"])
     load_method_state(parts.method, state["method"])
-    return parts, int(state["epoch"])
+    attach_stage(parts, run_dir, epoch)
+    return parts, epoch
+
+
+def attach_stage(model: Model, run_dir: RunDir, epoch: int) -> None:
+    """Give ``model`` the run's finished clustering stage, if it has one."""
+    record = read_stage(run_dir.cluster_stage)
+    if record is None or record.get("head") is None:
+        return
+    if record["epoch"] != epoch:
+        warnings.warn(
+            f"{run_dir}'s clustering stage was fitted on the features of epoch {record['epoch']}, the model is at epoch "
+            f"{epoch}; fit it again with: clusterclr stage {run_dir}",
+            stacklevel=2,
+        )
+    model.cluster_stage = StageHead.from_saved(record["head"]).to(model.device)
 
 
 def load_encoder(path: Path, device: torch.device) -> Model:

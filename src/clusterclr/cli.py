@@ -20,6 +20,7 @@ def _train(args: argparse.Namespace) -> int:
     from clusterclr import api, distributed
     from clusterclr.commands.train import run_to_resume
     from clusterclr.configure import build_config
+    from clusterclr.evaluate.standard import headline_table
     from clusterclr.rundir import RunDir
 
     flags = _train_flags(args)
@@ -46,7 +47,7 @@ def _train(args: argparse.Namespace) -> int:
                 print(f"training {config.method.name} on {config.data.dataset}{processes} -> {run_dir}", file=sys.stderr)
             run = api.train(config, out=run_dir)
         if main:
-            print(metrics_table(run.metrics))
+            print(headline_table(run.metrics))
             print(f"run directory: {run_dir}")
             _print_report_path(run_dir)
     return 0
@@ -69,8 +70,13 @@ def _train_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from clusterclr import api
-    from clusterclr.commands.evaluate import checked_seeds, given_protocol_flags, protocol_options
+    from clusterclr.commands.evaluate import (
+        checked_seeds,
+        given_protocol_flags,
+        protocol_options,
+    )
     from clusterclr.evaluate.results import results_table
+    from clusterclr.evaluate.standard import headline_table
 
     run = api.Run(args.run_dir)
     if not args.protocol:
@@ -78,7 +84,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         if given:
             raise UserError(f"{given[0]} is an option of --protocol; name the protocols to run")
         print(f"evaluating {run.directory} at epoch {run.epoch}/{run.config.train.epochs}", file=sys.stderr)
-        print(metrics_table(run.evaluate()))
+        print(headline_table(run.evaluate()))
         return 0
     names = list(dict.fromkeys(args.protocol))
     options = protocol_options(args, names)
@@ -131,8 +137,8 @@ def _cluster(args: argparse.Namespace) -> int:
 
     if args.resume:
         given = [flag for flag, value in (("FOLDER", args.folder), ("--clusters", args.clusters), ("--method", args.method),
-                 ("--init", args.init), ("--weights", args.weights), ("--epochs", args.epochs), ("--out", args.out),
-                 ("--config", args.config), ("--seed", args.seed), ("--set", args.overrides)) if value not in (None, [])]
+                 ("--init", args.init), ("--weights", args.weights), ("--epochs", args.epochs), ("--minutes", args.minutes),
+                 ("--out", args.out), ("--config", args.config), ("--seed", args.seed), ("--set", args.overrides)) if value not in (None, [])]
         if given:
             raise UserError(f"--resume finishes a cluster run with its saved settings; drop {', '.join(given)} (only --copy-to may be added)")
         print(f"finishing the cluster run in {args.resume}", file=sys.stderr)
@@ -143,9 +149,10 @@ def _cluster(args: argparse.Namespace) -> int:
         folder = Path(args.folder)
         out = RunDir(args.out) if args.out else RunDir.new_name("cluster", folder.absolute().name)
         print(f"clustering {folder} into {args.clusters} clusters -> {out}", file=sys.stderr)
+        clusters = args.clusters if args.clusters == "auto" else _positive_int(args.clusters)
         result = api.cluster(
-            folder, args.clusters, out=out, method=args.method, init=args.init, weights=args.weights, epochs=args.epochs,
-            copy_to=args.copy_to, config=args.config, seed=args.seed, overrides=args.overrides,
+            folder, clusters, out=out, method=args.method, init=args.init, weights=args.weights, epochs=args.epochs,
+            minutes=args.minutes, copy_to=args.copy_to, config=args.config, seed=args.seed, overrides=args.overrides,
         )
     sizes = result.sizes()
     print(f"{len(result.paths)} images in {len(sizes)} clusters by {result.by}; sizes: {' '.join(map(str, sizes))}")
@@ -154,6 +161,36 @@ def _cluster(args: argparse.Namespace) -> int:
     if args.copy_to is not None:
         print(f"copies: {Path(args.copy_to)}/cluster_*/")
     return 0
+
+
+def _stage(args: argparse.Namespace) -> int:
+    from clusterclr import api
+    from clusterclr.commands.stage import parse_stage_overrides
+    from clusterclr.evaluate.standard import headline_table
+
+    if args.resume:
+        if args.run_dir or args.clusters or args.overrides:
+            raise UserError("--resume continues the saved stage with its own settings; drop RUN_DIR, --clusters and --set")
+        run = api.Run(args.resume)
+        print(f"continuing the clustering stage of {run.directory}", file=sys.stderr)
+        metrics = run.fit_stage(resume=True)
+    else:
+        if args.run_dir is None:
+            raise UserError("give the RUN_DIR to fit a clustering stage on (or --resume RUN_DIR)")
+        run = api.Run(args.run_dir)
+        clusters = None if args.clusters is None else args.clusters if args.clusters == "auto" else _positive_int(args.clusters)
+        print(f"fitting a clustering stage on the features of {run.directory}", file=sys.stderr)
+        metrics = run.fit_stage(clusters, parse_stage_overrides(args.overrides))
+    print(headline_table(metrics))
+    stage = run.stage_summary()
+    print(f"stage: {stage}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"--clusters takes a positive number or auto, got {text!r}")
+    return int(text)
 
 
 def _assign(args: argparse.Namespace) -> int:
@@ -186,22 +223,6 @@ def _datasets(args: argparse.Namespace) -> int:
     for name, spec in DATASETS.items():
         print(f"{name:<{width}}  {spec.description}")
     return 0
-
-
-def metrics_table(metrics: dict[str, Any]) -> str:
-    from clusterclr.evaluate.standard import HEADLINE_KEYS
-
-    rows = [(key, metrics[key]) for key in HEADLINE_KEYS if key in metrics]
-    split = metrics.get("eval_split")
-    title = f"{metrics.get('method', '')} on {metrics.get('dataset', '')}, epoch {metrics.get('epoch', '?')}"
-    if split == "holdout":
-        title += " (no test split: scores on a held-out part of train)"
-    lines = [title, f"{'metric':<12} {'value':>7}", f"{'-' * 12} {'-' * 7}"]
-    for key, value in rows:
-        lines.append(f"{key:<12} {'n/a' if value is None else f'{value:.4f}':>7}")
-    if metrics.get("knn_acc") is None:
-        lines.append("(no labels: kNN and cluster scores need a labelled data set)")
-    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,13 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
         "cluster", help="learn from a folder of images and group them: clusters.csv, embeddings, report"
     )
     cluster.add_argument("folder", nargs="?", help="folder of images (flat, or one subfolder per class)")
-    cluster.add_argument("--clusters", type=int, metavar="K", help="number of clusters (required unless --resume)")
+    cluster.add_argument("--clusters", metavar="K", help="number of clusters, or auto to choose it (required unless --resume)")
     cluster.add_argument("--method", help="registered method (default: simclr, with k-means on its features)")
     cluster.add_argument("--init", metavar="RUN_DIR", help="start from this run's trained backbone (fine-tune)")
     cluster.add_argument("--weights", metavar="FILE",
                          help="start from a pretrained backbone's weights file (ResNet, DINOv2, CLIP, ...; see README)")
     cluster.add_argument("--epochs", type=int,
                          help="training epochs (default: 100, or 0 with --weights; 0 clusters the initial features as they are)")
+    cluster.add_argument("--minutes", type=float, help="train for as many epochs as fit in this many minutes here, instead of --epochs")
     cluster.add_argument("--out", help="run directory (default: runs/cluster-FOLDER-TIME)")
     cluster.add_argument("--copy-to", metavar="DIR", help="also copy the images into DIR/cluster_NN/ (originals untouched)")
     cluster.add_argument("--config", help="YAML config file; flags and --set override it")
@@ -295,6 +317,19 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--resume", metavar="RUN_DIR",
                          help="finish an interrupted cluster run: continue its training, then write its clusters (only --copy-to may be added)")
     cluster.set_defaults(handler=_cluster)
+
+    stage = commands.add_parser(
+        "stage", help="fit a clustering stage (SCAN or TEMI cluster heads) on a trained run's features",
+        description="Trains cluster heads on the frozen features of the run's training images so that each image and "
+                    "its mined neighbours agree, keeps the lowest-loss head and saves it in the run: assign, embed, "
+                    "export, the report and evaluate --protocol head then use it.",
+    )
+    stage.add_argument("run_dir", nargs="?")
+    stage.add_argument("--clusters", metavar="K", help="clusters per head, or auto (default: stage.clusters, else the run's K)")
+    stage.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="stage.KEY=VALUE",
+                       help="stage settings, e.g. --set stage.loss=temi stage.epochs=50")
+    stage.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted stage with its saved settings")
+    stage.set_defaults(handler=_stage)
 
     assign = commands.add_parser("assign", help="assign new images to a run's clusters (CSV: path,cluster,confidence)")
     assign.add_argument("run_dir")
@@ -313,8 +348,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def _resumable(args: argparse.Namespace) -> str:
-    """The command that continues an interrupted run of ``args``: ``cluster`` runs finish with their clusters."""
-    return "cluster" if args.command == "cluster" else "train"
+    """The command that continues an interrupted ``args``: ``cluster`` runs finish with their clusters, stages with their head."""
+    return args.command if args.command in ("cluster", "stage") else "train"
 
 
 def main(argv: list[str] | None = None) -> int:

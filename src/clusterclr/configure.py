@@ -28,8 +28,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from clusterclr.config import Config, ModelConfig, PositivesConfig, layer
+from clusterclr.config import Config, ModelConfig, PositivesConfig
 from clusterclr.errors import UserError
+from clusterclr.layering import layer
 from clusterclr.methods.registry import get_method
 from clusterclr.models.pretrained import FAMILIES
 from clusterclr.positives.sampler import SemanticPositives
@@ -65,11 +66,16 @@ def validate(tree: dict[str, Any], source: str = "config") -> Config:
     return config
 
 
-def resolve_clusters(requested: int | None, num_classes: int | None, num_images: int, what: str) -> int:
-    """K: ``requested`` (``config.clusters``), else the number of classes; checked against the data."""
+def resolve_clusters(requested: int | str | None, num_classes: int | None, num_images: int, what: str) -> int | str:
+    """K: ``requested`` (``config.clusters``), else the number of classes; checked against the data.
+
+    "auto" stays "auto": K is chosen from features once there are some (``evaluate.context``).
+    """
     clusters = requested if requested is not None else num_classes
     if clusters is None:
-        raise UserError(f"{what} has no labels: set the number of clusters with --set clusters=K")
+        raise UserError(f"{what} has no labels: set the number of clusters with --set clusters=K (or clusters=auto)")
+    if clusters == "auto":
+        return clusters
     if not 1 <= clusters <= num_images:
         raise UserError(f"cannot make {clusters} clusters of the {num_images} images of {what}")
     return clusters

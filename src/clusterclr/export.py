@@ -41,14 +41,14 @@ ONNX_OPSET = 17
 
 
 class Encoder(nn.Module):
-    """Backbone features, and the cluster head's probabilities where the method has a head in use."""
+    """Backbone features, and the cluster head's probabilities where the model has a head in use (a method's or a stage's)."""
 
     def __init__(self, model: Model) -> None:
         super().__init__()
         method = model.method
         self.backbone = copy.deepcopy(method.backbone)
-        head = method.cluster_head_module()
-        probabilities = method.cluster_probabilities(torch.zeros(1, method.backbone.feature_dim, device=model.device))
+        head = model.cluster_head()
+        probabilities = model.cluster_probabilities(torch.zeros(1, method.backbone.feature_dim, device=model.device))
         # A head not in use yet (centres never set) has nothing to export.
         self.head = copy.deepcopy(head) if head is not None and probabilities is not None else None
         self.clusters = None if self.head is None else probabilities.shape[1]

@@ -9,6 +9,8 @@ RUN_DIR/
   metrics.json           final scores, and each evaluation protocol's section
   report.html, report/   the report and its figures
   centroids.npy          k-means centroids that ``assign`` uses
+  cluster_stage.pt       a clustering stage's settings, progress and kept head (``clusterclr stage``)
+  near_duplicates.csv, atypical.csv   the report's near-duplicate groups and atypical images
   skipped_files.txt      image files left out (``data.skip_bad``)
   clusters.csv, embeddings.npy   what ``clusterclr cluster`` writes
 ```
@@ -22,10 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from clusterclr.config import Config, read_yaml
+from clusterclr.config import Config
 from clusterclr.configure import validate
 from clusterclr.errors import UserError
 from clusterclr.io import load_newest_checkpoint, previous_checkpoint, write_text
+from clusterclr.layering import read_yaml
 
 RUNS = Path("runs")  # where runs go unless --out says otherwise
 
@@ -77,6 +80,18 @@ class RunDir:
     @property
     def centroids(self) -> Path:
         return self.path / "centroids.npy"
+
+    @property
+    def cluster_stage(self) -> Path:
+        return self.path / "cluster_stage.pt"
+
+    @property
+    def near_duplicates_csv(self) -> Path:
+        return self.path / "near_duplicates.csv"
+
+    @property
+    def atypical_csv(self) -> Path:
+        return self.path / "atypical.csv"
 
     @property
     def skipped_files(self) -> Path:

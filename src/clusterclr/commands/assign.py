@@ -14,14 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from clusterclr.build import Model
-from clusterclr.clustering.assignments import ClusterAssignments, assign_to_clusters, load_centroids
+from clusterclr.clustering.assignments import (
+    ClusterAssignments,
+    assign_to_clusters,
+    load_centroids,
+)
 from clusterclr.data.base import ImageDataset
 from clusterclr.data.folder import EXTENSIONS, image_files, try_read
 from clusterclr.errors import UserError
 from clusterclr.evaluate.features import Embeddings, embed
+from clusterclr.progress import progress_bar
 from clusterclr.rundir import RunDir
 
 
@@ -50,7 +54,7 @@ def collect_images(items: list[str]) -> list[Path]:
 def read_images(paths: list[Path], size: int) -> torch.Tensor:
     """uint8 N×3×size×size pixels of ``paths``; an unusable file is an error naming it."""
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        pixels = list(tqdm(pool.map(lambda p: try_read(p, size), paths), total=len(paths), desc="reading", unit="image"))
+        pixels = list(progress_bar(pool.map(lambda p: try_read(p, size), paths), total=len(paths), desc="reading", unit="image"))
     for path, result in zip(paths, pixels):
         if isinstance(result, str):
             raise UserError(f"cannot use {path}: {result}")

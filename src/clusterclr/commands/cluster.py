@@ -23,32 +23,40 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from clusterclr.clustering.assignments import ClusterAssignments, assignments_csv, save_centroids
+from clusterclr.clustering.assignments import (
+    ClusterAssignments,
+    assignments_csv,
+    save_centroids,
+)
 from clusterclr.clustering.metrics import clustering_scores
-from clusterclr.config import Config, layer, merge, read_yaml
+from clusterclr.commands.stage import StageResult, fit_stage, with_stage_probabilities
+from clusterclr.config import Config
 from clusterclr.configure import build_config
 from clusterclr.data.base import ImageDataset
-from clusterclr.data.folder import image_paths
+from clusterclr.data.folder import DEFAULT_IMAGE_SIZE, image_paths, typical_side
 from clusterclr.errors import UserError
 from clusterclr.evaluate.clusters import cluster_assignments
 from clusterclr.evaluate.context import EvalContext
 from clusterclr.io import atomic_write, write_text
+from clusterclr.layering import layer, merge, read_yaml
+from clusterclr.progress import progress_bar
 from clusterclr.report.content import ReportContent
 from clusterclr.report.write import write_report
 from clusterclr.rundir import RunDir
 from clusterclr.runlog import read_log
+from clusterclr.stage.store import read_stage
 from clusterclr.training.run import TrainedRun, resume_run, start_run
 
 DEFAULT_METHOD = "simclr"
 DEFAULT_EPOCHS = 100
+DEFAULT_STAGE: dict[str, Any] = {"loss": "scan"}
 
 
 @dataclass
 class ClusterRequest:
     folder: Path
-    clusters: int
+    clusters: int | str  # K, or "auto": chosen from the trained features
     out: RunDir
     method: str | None = None
     init: RunDir | None = None
@@ -58,6 +66,7 @@ class ClusterRequest:
     config_file: str | Path | None = None
     seed: int | None = None
     overrides: list[str] = field(default_factory=list)
+    minutes: float | None = None  # a training budget in time instead of epochs
     resumed: bool = False  # finishing an interrupted run in ``out``
 
 
@@ -84,11 +93,13 @@ def check_request(request: ClusterRequest) -> int:
         raise UserError(f"image folder not found: {folder}")
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder; give the folder that holds the images")
-    if request.clusters < 2:
-        raise UserError(f"--clusters must be at least 2, got {request.clusters}")
+    if request.clusters != "auto" and request.clusters < 2:
+        raise UserError(f"--clusters must be at least 2 (or auto), got {request.clusters}")
     found = len(image_paths(folder))
-    if request.clusters > found:
+    if request.clusters != "auto" and request.clusters > found:
         raise UserError(f"--clusters {request.clusters} is more than the {found} images in {folder}")
+    if request.minutes is not None and (request.epochs is not None or not request.minutes > 0):
+        raise UserError("--minutes sets the training budget instead of --epochs: give one of them, and a positive number")
     if request.init is not None and not request.init.path.is_dir():
         raise UserError(f"--init: run directory not found: {request.init}")
     if request.weights is not None and not request.weights.is_file():
@@ -117,14 +128,19 @@ def cluster_config(request: ClusterRequest, images: int) -> Config:
 
     Defaults: SimCLR, 100 epochs (0 with pretrained weights: their features
     as they are), batch min(256, images / 2) so small folders still make
-    several steps per epoch, no online evaluation (no labels to score), no
-    end-of-training report (``cluster`` writes its own). With ``--init``,
-    the model, image size and channels are the initial run's.
+    several steps per epoch, a SCAN clustering stage on the trained
+    features, no online evaluation (no labels to score), no end-of-training
+    report (``cluster`` writes its own). Images are never upsampled:
+    smaller than 64 px, they train at their own size (the folder's median
+    shorter side, down to a multiple of 4), except for pretrained weights,
+    whose resolution is the default (``weights.py``). With ``--init``, the
+    model, image size and channels are the initial run's.
     """
     defaults: dict[str, Any] = {
         "method": {"name": DEFAULT_METHOD},
         "optim": {"batch_size": min(256, max(2, images // 2))},
         "train": {"eval_every": 0, "report": False},
+        "stage": DEFAULT_STAGE,
     }
     if request.init is not None:
         initial, state, _ = request.init.read()
@@ -145,9 +161,13 @@ def cluster_config(request: ClusterRequest, images: int) -> Config:
         "seed": request.seed,
     }
     tree = layer(merge(defaults, user), flags, request.overrides)
-    model, train = tree.get("model"), tree.setdefault("train", {})
+    model, train, data = (tree.setdefault(section, {}) for section in ("model", "train", "data"))
+    weights = isinstance(model, dict) and model.get("weights")
     if isinstance(train, dict) and "epochs" not in train:
-        train["epochs"] = 0 if isinstance(model, dict) and model.get("weights") else DEFAULT_EPOCHS
+        train["epochs"] = 0 if weights else DEFAULT_EPOCHS
+    side = typical_side(image_paths(request.folder))
+    if isinstance(data, dict) and "image_size" not in data and not weights and side is not None and side < DEFAULT_IMAGE_SIZE:
+        data["image_size"] = max(8, side // 4 * 4)
     return build_config(tree)
 
 
@@ -158,7 +178,7 @@ def copy_into_clusters(paths: tuple[str, ...], clusters: np.ndarray, folder: Pat
     so two files of the same name never overwrite each other.
     """
     digits = len(str(int(clusters.max(initial=0))))
-    for path, cluster in tqdm(list(zip(paths, clusters)), desc="copying", unit="image"):
+    for path, cluster in progress_bar(list(zip(paths, clusters)), desc="copying", unit="image"):
         relative = Path(path).resolve().relative_to(folder.resolve())
         destination = target / f"cluster_{int(cluster):0{digits}d}" / "__".join(relative.parts)
         destination.parent.mkdir(parents=True, exist_ok=True)
@@ -171,7 +191,7 @@ def copy_into_clusters(paths: tuple[str, ...], clusters: np.ndarray, folder: Pat
 def cluster_folder(request: ClusterRequest) -> ClusterResult:
     found = check_request(request)
     config = cluster_config(request, found)
-    return write_clusters(start_run(config, request.out, init=request.init), request)
+    return write_clusters(start_run(config, request.out, init=request.init, minutes=request.minutes), request)
 
 
 def resume_cluster_folder(run_dir: RunDir, copy_to: Path | None = None) -> ClusterResult:
@@ -193,6 +213,14 @@ def write_clusters(trained: TrainedRun, request: ClusterRequest) -> ClusterResul
     parts, run_dir, config = trained.parts, trained.run_dir, trained.parts.config
     data = parts.splits.read  # every image of the folder, as training read it (a class tree holds some out of training)
     ctx = EvalContext(parts, "folder", data, data, "train", request.clusters, progress=False)
+    stage = None
+    if config.stage is not None:
+        record = read_stage(run_dir.cluster_stage)
+        resume = request.resumed and record is not None and record["head"] is None
+        embeddings = ctx.embeddings("bank")
+        stage = fit_stage(parts, run_dir, trained.epoch, embeddings.features, config.stage, config.stage.clusters or ctx.clusters,
+                          ctx.choice, config.train.progress, resume)
+        ctx.set_embeddings("bank", with_stage_probabilities(embeddings, stage.head))
     centroids, assignments = cluster_assignments(ctx)
     save_centroids(run_dir.centroids, centroids)
     paths = data.sources
@@ -206,7 +234,8 @@ def write_clusters(trained: TrainedRun, request: ClusterRequest) -> ClusterResul
     else:
         initial_weights = str(request.init) if request.init else "none (trained from scratch)"
     content = ReportContent(
-        title=f"{request.clusters} clusters of {request.folder}",
+        title=f"{assignments.clusters} clusters of {request.folder}"
+        + ("" if ctx.choice is None else f" (K chosen by {ctx.choice.criterion})"),
         images_described=f"all {len(data)} images in {request.folder}",
         images=data.images,
         features=ctx.embeddings("test").features,
@@ -214,7 +243,7 @@ def write_clusters(trained: TrainedRun, request: ClusterRequest) -> ClusterResul
         labels=None if data.labels is None else data.labels.numpy(),
         class_names=data.class_names,
         sources=paths,
-        metrics=_metrics(data, assignments, run_dir),
+        metrics=_metrics(data, assignments, run_dir, stage),
         log=read_log(run_dir.log),
         settings={
             "folder": str(request.folder),
@@ -225,6 +254,7 @@ def write_clusters(trained: TrainedRun, request: ClusterRequest) -> ClusterResul
             "epochs": trained.epoch,
         },
         seed=config.seed,
+        choice=ctx.choice,
     )
     report = write_report(run_dir, content)
     if request.copy_to is not None:
@@ -232,12 +262,12 @@ def write_clusters(trained: TrainedRun, request: ClusterRequest) -> ClusterResul
     return ClusterResult(config, paths, assignments, features, trained, csv, report)
 
 
-def _metrics(data: ImageDataset, assignments: ClusterAssignments, run_dir: RunDir) -> dict[str, Any]:
+def _metrics(data: ImageDataset, assignments: ClusterAssignments, run_dir: RunDir, stage: StageResult | None) -> dict[str, Any]:
     sizes = assignments.sizes()
     metrics: dict[str, Any] = {
         "images": len(data),
         "clusters": assignments.clusters,
-        "assigned_by": assignments.by,
+        "assigned_by": assignments.by + (f" (clustering stage, {stage.loss})" if stage is not None else ""),
         "empty_clusters": int((sizes == 0).sum()),
         "largest_cluster": int(sizes.max()),
         "smallest_cluster": int(sizes.min()),

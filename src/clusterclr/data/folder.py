@@ -71,6 +71,19 @@ def image_paths(root: Path) -> list[Path]:
     return direct or [p for files in classes.values() for p in files]
 
 
+def typical_side(paths: list[Path], sample: int = 200) -> int | None:
+    """The median shorter side of (an evenly spaced sample of) ``paths``, from the files' headers alone; None if none opens."""
+    step = max(1, len(paths) // sample)
+    sides = []
+    for path in paths[::step][:sample]:
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+        except Exception:  # a bad file is reported when it is read; here it only does not count
+            continue
+    return int(np.median(sides)) if sides else None
+
+
 def _layout(root: Path) -> tuple[list[Path], dict[str, list[Path]]]:
     """(image files directly in root, {class folder name: its image files}); exactly one is non-empty."""
     direct = image_files(root, recursive=False)

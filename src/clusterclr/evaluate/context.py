@@ -12,6 +12,7 @@ from clusterclr.clustering.kmeans import KMeansResult, kmeans
 from clusterclr.data.base import ImageDataset
 from clusterclr.errors import UserError
 from clusterclr.evaluate.features import Embeddings, embed
+from clusterclr.stage.choose_k import KChoice, choose_k
 
 
 @dataclass
@@ -21,11 +22,20 @@ class EvalContext:
     bank: ImageDataset  # training images: kNN bank, probe and k-means fit, labelled subsets
     test: ImageDataset  # where every score is reported
     eval_split: str  # "test", "holdout" (the data set has no test split) or "train" (nor labels)
-    clusters: int  # k-means K unless a protocol is told otherwise
+    clusters: int | str  # k-means K unless a protocol is told otherwise; "auto": chosen on the bank's features
     progress: bool = True
     conversions: list[str] = field(default_factory=list)  # what was done to the images to fit the model
+    choice: KChoice | None = None  # how K was chosen, when it was
     _embeddings: dict[str, Embeddings] = field(default_factory=dict, repr=False)
     _fits: dict[tuple[int, int], KMeansResult] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.clusters == "auto":
+            cfg = self.model.config.eval
+            low, high = cfg.auto_clusters
+            features = self.embeddings("bank").features
+            self.choice = choose_k(features, low, min(high, len(features) - 1), cfg.auto_criterion, seed=self.model.config.seed)
+            self.clusters = self.choice.chosen
 
     @classmethod
     def of(cls, parts: Parts, progress: bool = True) -> EvalContext:
@@ -48,12 +58,16 @@ class EvalContext:
     def embeddings(self, split: str) -> Embeddings:
         """Frozen backbone features (and cluster-head probabilities) of ``split``: "bank" or "test"."""
         if split not in self._embeddings:
-            self._embeddings[split] = embed(self.model, getattr(self, split))
+            other = "test" if split == "bank" else "bank"
+            same = self.bank is self.test and other in self._embeddings  # one data set clustered alone: embedded once
+            self._embeddings[split] = self._embeddings[other] if same else embed(self.model, getattr(self, split))
         return self._embeddings[split]
 
     def set_embeddings(self, split: str, embeddings: Embeddings) -> None:
         """Use ``embeddings`` for ``split`` instead of computing them (features from elsewhere)."""
         self._embeddings[split] = embeddings
+        if self.bank is self.test:
+            self._embeddings["test" if split == "bank" else "bank"] = embeddings
 
     def kmeans(self, clusters: int, seed: int) -> KMeansResult:
         """k-means on the L2-normalised bank features, as every evaluation fits it."""

@@ -7,21 +7,20 @@ for extractions that take a while.
 
 from __future__ import annotations
 
-import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 
 from clusterclr.build import Model
 from clusterclr.data.base import ImageDataset
+from clusterclr.progress import progress_bar
 
 
 @dataclass
 class Embeddings:
     features: torch.Tensor  # N × D float32 on the CPU, not normalised
-    cluster_probabilities: torch.Tensor | None  # N × K, for methods with a cluster head
+    cluster_probabilities: torch.Tensor | None  # N × K, for models with a cluster head (a method's, or a stage's)
 
 
 @torch.no_grad()
@@ -34,13 +33,12 @@ def embed(model: Model, dataset: ImageDataset) -> Embeddings:
     dtype = model.autocast_dtype
     autocast = torch.autocast(model.device.type, dtype=dtype) if dtype else nullcontext()
     # Shown only when extraction takes a while (a large ViT on a CPU): rate and time left.
-    bar = tqdm(total=len(dataset), desc="features", unit="image", disable=not cfg.train.progress, delay=2, leave=False,
-               dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
+    bar = progress_bar(total=len(dataset), enabled=cfg.train.progress, desc="features", unit="image", delay=2, leave=False)
     try:
         for x in model.views.clean_batches(dataset.images, cfg.eval.batch_size, model.device, cfg.train.channels_last):
             with autocast:
                 h = method.embed(x)
-                p = method.cluster_probabilities(h)
+                p = model.cluster_probabilities(h)
             features.append(h.float().cpu())
             if p is not None:
                 probabilities.append(p.float().cpu())

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from clusterclr.augment import ViewMaker, recipe_for
 from clusterclr.build import Model
@@ -27,6 +26,7 @@ from clusterclr.config import AugmentConfig
 from clusterclr.data.base import ImageDataset
 from clusterclr.evaluate.features import embed
 from clusterclr.evaluate.linear import fit_logistic, select_weight_decay, topk_accuracy
+from clusterclr.progress import progress_bar
 
 # Milder than the contrastive views: the labels must survive the augmentation.
 CROP_SCALE = (0.5, 1.0)
@@ -86,7 +86,7 @@ def _train(
     autocast = torch.autocast(model.device.type, dtype=model.autocast_dtype) if model.autocast_dtype else nullcontext()
     labels = labelled.labels.to(model.device)
     classifier.train()
-    bar = tqdm(total=total, desc=f"fine-tuning on {len(labelled)} labels", unit="step", disable=not progress, leave=False)
+    bar = progress_bar(total=total, desc=f"fine-tuning on {len(labelled)} labels", unit="step", enabled=progress, leave=False)
     with bar, torch.enable_grad():
         for _ in range(options.epochs):
             order = torch.randperm(len(labelled), generator=generator)

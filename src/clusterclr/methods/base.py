@@ -52,13 +52,19 @@ class DataInfo:
     channels: int
     image_size: tuple[int, int]
     # K, resolved once from the config (``configure.resolve_clusters``): a cluster head's size, and
-    # the default of a method's own clustering granularity. None only where no K is known.
-    clusters: int | None = None
+    # the default of a method's own clustering granularity. None only where no K is known; "auto" when
+    # it is chosen from the trained features.
+    clusters: int | str | None = None
 
     def required_clusters(self, minimum: int = 2) -> int:
         """K, for a method that cannot work without it."""
         if self.clusters is None:
             raise UserError("the training data has no labels to count clusters from: set the number of clusters with --set clusters=K")
+        if self.clusters == "auto":
+            raise UserError(
+                "clusters=auto chooses K from trained features, and this method needs K before training; give a number "
+                "(clusterclr stage RUN_DIR --clusters auto chooses K for a cluster head after training)"
+            )
         if not minimum <= self.clusters <= self.num_images:
             raise UserError(f"clusters={self.clusters} must lie between {minimum} and the {self.num_images} training images")
         return self.clusters

@@ -42,7 +42,11 @@ from clusterclr.methods.registry import register_method
 from clusterclr.methods.simclr import SimCLR
 from clusterclr.methods.simsiam import SimSiam, SimSiamOptions
 from clusterclr.positives.sampler import SemanticPositives
-from clusterclr.positives.semantic import own_key_or_partners, partner_mask, same_image_or_partners
+from clusterclr.positives.semantic import (
+    own_key_or_partners,
+    partner_mask,
+    same_image_or_partners,
+)
 from clusterclr.positives.views import Positives
 
 

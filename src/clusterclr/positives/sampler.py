@@ -28,7 +28,12 @@ import torch
 from torch import nn
 
 from clusterclr.config import PositivesConfig
-from clusterclr.positives.semantic import NO_PARTNER, mine_partners, pair_diagnostics, partner_order
+from clusterclr.positives.semantic import (
+    NO_PARTNER,
+    mine_partners,
+    pair_diagnostics,
+    partner_order,
+)
 
 if TYPE_CHECKING:  # at run time the methods package imports this module, not the reverse
     from clusterclr.config import MethodOptions

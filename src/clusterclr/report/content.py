@@ -16,6 +16,7 @@ from clusterclr.evaluate.clusters import cluster_assignments
 from clusterclr.evaluate.context import EvalContext
 from clusterclr.rundir import RunDir
 from clusterclr.runlog import read_log
+from clusterclr.stage.choose_k import KChoice
 
 SPLIT_NAMES = {
     "test": "the test split",
@@ -38,6 +39,7 @@ class ReportContent:
     log: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl records, for the curves
     settings: dict[str, Any] = field(default_factory=dict)  # method, data, model: shown in the header
     seed: int = 0
+    choice: KChoice | None = None  # how K was chosen, when it was: its score curve is plotted
 
 
 def run_settings(parts: Parts, epoch: int) -> dict[str, Any]:
@@ -78,4 +80,5 @@ def run_report_content(parts: Parts, run_dir: RunDir, epoch: int, ctx: EvalConte
         log=read_log(run_dir.log),
         settings=run_settings(parts, epoch),
         seed=parts.config.seed,
+        choice=ctx.choice,
     )

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from clusterclr.report.content import ReportContent
+from clusterclr.stage.duplicates import DUPLICATE_THRESHOLD
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
@@ -49,6 +50,13 @@ class Plot:
 class Thumbnail:
     png: bytes
     row: int  # the image's row in the report's images
+
+
+@dataclass(frozen=True)
+class LookalikeGalleries:
+    groups: list[tuple[list[Thumbnail], int, float]]  # (shown members, group size, closest pair's similarity), first groups
+    total_groups: int
+    atypical: list[tuple[Thumbnail, float]]  # (image, atypicality), most atypical first
 
 
 def text(value: Any) -> str:
@@ -109,22 +117,51 @@ def _cluster_heading(content: ReportContent, cluster: int) -> str:
     return heading
 
 
+def _figure(content: ReportContent, thumbnail: Thumbnail, caption: str | None = None) -> str:
+    short, tooltip = _caption(content, thumbnail.row)
+    return (
+        f'<figure><img src="{data_uri(thumbnail.png)}" alt="{text(tooltip)}" title="{text(tooltip)}">'
+        f"<figcaption>{text(caption or short)}</figcaption></figure>"
+    )
+
+
+def _gallery(heading: str, figures: Sequence[str]) -> str:
+    body = "".join(figures) or '<p class="note">empty</p>'
+    return f'<div class="cluster"><h3>{text(heading)}</h3><div class="thumbs">{body}</div></div>'
+
+
 def _galleries(content: ReportContent, galleries: Sequence[Sequence[Thumbnail]]) -> str:
-    blocks = []
-    for cluster, thumbnails in enumerate(galleries):
-        figures = []
-        for thumbnail in thumbnails:
-            caption, tooltip = _caption(content, thumbnail.row)
-            figures.append(
-                f'<figure><img src="{data_uri(thumbnail.png)}" alt="{text(tooltip)}" title="{text(tooltip)}">'
-                f"<figcaption>{text(caption)}</figcaption></figure>"
-            )
-        body = "".join(figures) or '<p class="note">empty</p>'
-        blocks.append(f'<div class="cluster"><h3>{text(_cluster_heading(content, cluster))}</h3><div class="thumbs">{body}</div></div>')
-    return "".join(blocks)
+    return "".join(
+        _gallery(_cluster_heading(content, cluster), [_figure(content, t) for t in thumbnails])
+        for cluster, thumbnails in enumerate(galleries)
+    )
 
 
-def render_page(content: ReportContent, plots: Sequence[Plot], galleries: Sequence[Sequence[Thumbnail]]) -> str:
+def _lookalikes(content: ReportContent, found: LookalikeGalleries | None) -> list[str]:
+    if found is None:
+        return []
+    name = lambda row: _caption(content, row)[0].split(" · ")[0]  # noqa: E731
+    groups = [
+        _gallery(f"group {rank}: {size} images, closest pair {similarity:.3f}", [_figure(content, t, name(t.row)) for t in shown])
+        for rank, (shown, size, similarity) in enumerate(found.groups, start=1)
+    ]
+    atypical = [_figure(content, t, f"{name(t.row)} · {score:.2f}") for t, score in found.atypical]
+    return [
+        "<h2>Near-duplicates</h2>",
+        f'<p class="note">{found.total_groups} group{"s" if found.total_groups != 1 else ""} of images whose features '
+        f"are nearly the same (cosine similarity of centred features at least {DUPLICATE_THRESHOLD}); the first "
+        f"{len(found.groups)} below, every group in near_duplicates.csv.</p>",
+        "".join(groups) or '<p class="note">none found</p>',
+        "<h2>Most atypical images</h2>",
+        '<p class="note">Farthest from even their nearest images (atypicality: 1 − mean similarity to the 10 nearest); '
+        "every image ranked in atypical.csv.</p>",
+        _gallery("most atypical first", atypical),
+    ]
+
+
+def render_page(
+    content: ReportContent, plots: Sequence[Plot], galleries: Sequence[Sequence[Thumbnail]], lookalikes: LookalikeGalleries | None = None
+) -> str:
     """The whole page as a string."""
     metrics = [(key, value) for key, value in content.metrics.items() if not isinstance(value, dict)]
     confidence = "the cluster head's probability" if content.assignments.by == "cluster head" else (
@@ -145,6 +182,7 @@ def render_page(content: ReportContent, plots: Sequence[Plot], galleries: Sequen
         + (", class" if content.labels is not None else "")
         + ". Hover for the full path.</p>",
         _galleries(content, galleries),
+        *_lookalikes(content, lookalikes),
     ]
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

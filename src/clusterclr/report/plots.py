@@ -179,3 +179,15 @@ def cluster_sizes(sizes: np.ndarray) -> bytes:
         ax.set_xticks(range(len(sizes)))
     ax.legend(fontsize=8)
     return _png(figure)
+
+
+def k_curve(scores: dict[int, float], chosen: int, criterion: str) -> bytes:
+    """The score of each K tried when the number of clusters was chosen, the chosen K marked."""
+    ks = sorted(scores)
+    figure = Figure(figsize=(5.0, 3.2))
+    ax = figure.subplots()
+    ax.plot(ks, [scores[k] for k in ks], marker="o", color="#4c72b0")
+    ax.axvline(chosen, color="#c44e52", linestyle="--", linewidth=1, label=f"chosen: K = {chosen}")
+    ax.set(xlabel="K (clusters)", ylabel=criterion, title=f"choosing K by {criterion} (higher is better)")
+    ax.legend(fontsize=8)
+    return _png(figure)

@@ -7,10 +7,18 @@ from pathlib import Path
 from clusterclr.io import atomic_write, write_text
 from clusterclr.report.content import ReportContent
 from clusterclr.report.gallery import gallery_grid, most_confident, thumbnail_png
-from clusterclr.report.html import Plot, Thumbnail, render_page
+from clusterclr.report.html import LookalikeGalleries, Plot, Thumbnail, render_page
+from clusterclr.report.lookalikes import (
+    ATYPICAL_SHOWN,
+    GROUP_IMAGES_SHOWN,
+    GROUPS_SHOWN,
+    find_lookalikes,
+    write_lookalike_csvs,
+)
 from clusterclr.report.plots import (
     cluster_sizes,
     confusion_matrix,
+    k_curve,
     matched_table,
     method_diagnostics,
     scatter_map,
@@ -56,6 +64,10 @@ def _plots(content: ReportContent) -> list[Plot]:
             confusion_matrix(table, _class_names(content)),
         ))
     plots.append(Plot("cluster_sizes.png", f"images per cluster (assigned by {assignments.by})", cluster_sizes(assignments.sizes())))
+    if content.choice is not None:
+        choice = content.choice
+        plots.append(Plot("k_choice.png", f"how K was chosen: {choice.criterion} of each K tried, K = {choice.chosen} marked",
+                          k_curve(choice.scores, choice.chosen, choice.criterion)))
     return plots
 
 
@@ -69,11 +81,28 @@ def write_report(run_dir: RunDir, content: ReportContent) -> Path:
     """Write the run's ``report.html`` and the PNGs beside it; returns the page's path."""
     plots = _plots(content)
     members = most_confident(content.assignments)
-    galleries = [[Thumbnail(thumbnail_png(content.images[int(row)]), int(row)) for row in rows] for rows in members]
+    galleries = [[_thumbnail(content, row) for row in rows] for rows in members]
+    lookalikes = _lookalikes(run_dir, content)
     if len(content.images):
         plots.append(Plot("gallery.png", "the galleries below in one picture: a row per cluster", gallery_grid(content.images, members)))
     for plot in plots:
         atomic_write(run_dir.figures / plot.file, lambda f, png=plot.png: f.write(png))
     # The gallery sheet is for looking at outside the browser; the page shows the same images with captions.
     on_page = [plot for plot in plots if plot.file != "gallery.png"]
-    return write_text(run_dir.report, render_page(content, on_page, galleries))
+    return write_text(run_dir.report, render_page(content, on_page, galleries, lookalikes))
+
+
+def _thumbnail(content: ReportContent, row: int) -> Thumbnail:
+    return Thumbnail(thumbnail_png(content.images[int(row)]), int(row))
+
+
+def _lookalikes(run_dir: RunDir, content: ReportContent) -> LookalikeGalleries | None:
+    """Near-duplicate and atypical galleries of the shown images (and their CSVs in the run directory)."""
+    found = find_lookalikes(content.features)
+    if found is None:
+        return None
+    write_lookalike_csvs(run_dir, found, content.sources)
+    groups = [([_thumbnail(content, row) for row in g.images[:GROUP_IMAGES_SHOWN]], len(g.images), g.similarity)
+              for g in found.duplicates[:GROUPS_SHOWN]]
+    atypical = [(_thumbnail(content, row), score) for row, score in found.atypical[:ATYPICAL_SHOWN]]
+    return LookalikeGalleries(groups, len(found.duplicates), atypical)

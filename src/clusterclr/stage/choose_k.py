@@ -46,7 +46,12 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
 from clusterclr.errors import UserError
-from clusterclr.stage.graph import NeighbourGraph, check_features, neighbour_graph, prepare
+from clusterclr.stage.graph import (
+    NeighbourGraph,
+    check_features,
+    neighbour_graph,
+    prepare,
+)
 
 CRITERIA = ("silhouette", "eigengap")
 # Below this many images the Laplacian's spectrum is computed densely (exact, well under a second).

@@ -30,12 +30,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
+from clusterclr.config import StageConfig
 from clusterclr.errors import UserError
 from clusterclr.models.cluster_heads import MultiHeadClassifier, lowest_loss_head
+from clusterclr.progress import progress_bar
 from clusterclr.stage.graph import NeighbourGraph, check_features, neighbour_graph
-from clusterclr.stage.options import StageOptions
+from clusterclr.stage.head import StageHead
 from clusterclr.stage.scan_objective import ScanObjective
 from clusterclr.stage.self_label import SelfLabelObjective
 from clusterclr.stage.temi_objective import TemiObjective
@@ -62,34 +63,39 @@ class StageResult:
 
 
 class ClusterStage:
-    """Cluster heads trained on frozen ``features`` (N × D) with ``options``; ``fit`` runs (or continues) them.
+    """``clusters`` cluster heads' outputs trained on frozen ``features`` (N × D) with ``options``, drawing from
+    ``seed``; ``fit`` runs (or continues) them.
 
     ``graph``: a neighbour graph already mined from these features with at
     least ``options.neighbours`` neighbours (its first columns are used);
     mined here otherwise. Everything runs on the features' device.
     """
 
-    def __init__(self, features: torch.Tensor, options: StageOptions, graph: NeighbourGraph | None = None) -> None:
+    def __init__(
+        self, features: torch.Tensor, options: StageConfig, clusters: int, seed: int = 0, graph: NeighbourGraph | None = None
+    ) -> None:
         check_features(features)
         n, dim = features.shape
-        if options.clusters > n:
-            raise UserError(f"cannot make {options.clusters} clusters of {n} images")
+        if clusters < 2:
+            raise UserError(f"the clustering stage needs at least 2 clusters, got {clusters}")
+        if clusters > n:
+            raise UserError(f"cannot make {clusters} clusters of {n} images")
         if graph is None:
             graph = neighbour_graph(features, options.neighbours)
         elif graph.indices.shape[0] != n or graph.neighbours < options.neighbours or (graph.indices < 0).any():
             raise ValueError(f"the neighbour graph must give {options.neighbours} neighbours for each of {n} images")
-        self.options = options
+        self.options, self.clusters, self.seed = options, clusters, seed
         self.device = features.device
         self.mean = features.detach().float().mean(dim=0)
         self.inputs = self._prepare(features)
         self.graph = NeighbourGraph(*(t[:, : options.neighbours].to(self.device) for t in graph))
         self.batch_size = min(options.batch_size, n)
         self.steps_per_epoch = n // self.batch_size  # a last partial batch is dropped; the next epoch reshuffles
-        generator = torch.Generator().manual_seed(options.seed)
-        heads = MultiHeadClassifier(dim, options.clusters, options.heads, options.hidden_dim, options.method == "temi", generator).to(self.device)
+        generator = torch.Generator().manual_seed(seed)
+        heads = MultiHeadClassifier(dim, clusters, options.heads, options.hidden_dim, options.loss == "temi", generator).to(self.device)
         self.objective: ScanObjective | TemiObjective | SelfLabelObjective = (
             ScanObjective(heads, options.entropy_weight)
-            if options.method == "scan"
+            if options.loss == "scan"
             else TemiObjective(
                 heads, options.beta, options.student_temperature, options.teacher_temperature, options.teacher_momentum, options.marginal_momentum
             )
@@ -118,7 +124,7 @@ class ClusterStage:
         ``progress``: a tqdm bar over the steps of both phases, with rate,
         ETA and the last epoch's mean loss.
         """
-        with tqdm(total=self.total_steps, initial=self.steps_done, unit="step", dynamic_ncols=True, disable=not progress) as bar:
+        with progress_bar(total=self.total_steps, initial=self.steps_done, unit="step", desc="clustering stage", enabled=progress) as bar:
             while self.phase != "done":
                 if self.epoch >= self._phase_epochs():
                     self._next_phase()
@@ -152,7 +158,7 @@ class ClusterStage:
 
     def _epoch_draws(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This epoch's order of anchors and each image's drawn neighbour column, from (seed, phase, epoch) alone."""
-        seed = (self.options.seed * 1_000_003 + PHASES.index(self.phase) * 1_000_033 + self.epoch) % 2**63
+        seed = (self.seed * 1_000_003 + PHASES.index(self.phase) * 1_000_033 + self.epoch) % 2**63
         generator = torch.Generator().manual_seed(seed)
         n = len(self.inputs)
         order = torch.randperm(n, generator=generator)
@@ -194,6 +200,12 @@ class ClusterStage:
         confidences, assignments = probabilities.max(dim=1)
         return StageResult(assignments.cpu(), confidences.cpu(), probabilities.cpu(), self.head_losses, self.kept_head)
 
+    def head_module(self) -> StageHead:
+        """The kept head as a module on raw features (what ``predict`` computes), for a run's model to cluster with."""
+        if self.phase != "done":
+            raise RuntimeError(f"the stage is in its {self.phase} phase; fit it to the end first")
+        return StageHead(self.objective.predictor(), self.mean, self.objective.prediction_temperature).eval()
+
     @torch.no_grad()
     def _probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.kept_head is None:
@@ -207,7 +219,7 @@ class ClusterStage:
         """Everything that changes while fitting, to continue exactly; the features and graph are not included."""
         return {
             "format": STATE_FORMAT,
-            "options": self.options.as_dict(),
+            "options": self._settings(),
             "shape": tuple(self.inputs.shape),
             "mean": self.mean.cpu(),
             "phase": self.phase,
@@ -219,18 +231,21 @@ class ClusterStage:
             "optimizer": self.optimizer.state_dict(),
         }
 
+    def _settings(self) -> dict[str, Any]:
+        return {**self.options.model_dump(), "clusters": self.clusters, "seed": self.seed}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state``, saved by a stage built from the same features and options."""
         if state.get("format") != STATE_FORMAT:
             raise UserError(f"not a clustering-stage state of format {STATE_FORMAT} (found format {state.get('format')})")
-        changed = sorted(k for k, v in self.options.as_dict().items() if state["options"].get(k) != v)
+        changed = sorted(k for k, v in self._settings().items() if state["options"].get(k) != v)
         if changed:
             raise UserError(f"the saved clustering stage was run with other options ({', '.join(changed)}); resume with the same ones")
         if tuple(state["shape"]) != tuple(self.inputs.shape) or not torch.equal(state["mean"], self.mean.cpu()):
             raise UserError(f"the saved clustering stage was run on other features (shape {tuple(state['shape'])})")
         if state["phase"] != "cluster":
             # Past the selection the trained object is the kept head alone.
-            head = MultiHeadClassifier(self.inputs.shape[1], self.options.clusters, 1, self.options.hidden_dim, self.options.method == "temi").to(self.device)
+            head = MultiHeadClassifier(self.inputs.shape[1], self.clusters, 1, self.options.hidden_dim, self.options.loss == "temi").to(self.device)
             self.objective = SelfLabelObjective(head, self.objective.prediction_temperature, self.options.confidence)
             self.optimizer = self._optimizer(self.options.self_label_lr)
         self.objective.load_state_dict(state["objective"])

@@ -18,7 +18,6 @@ on any rank stops all of them at the same step.
 from __future__ import annotations
 
 import signal
-import sys
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -33,9 +32,16 @@ from clusterclr.methods.base import Batch, StepOutput
 from clusterclr.methods.training_images import TrainingImages
 from clusterclr.models.backbones import ResNet
 from clusterclr.optim import build_optimizer, peak_lr, set_learning_rates
+from clusterclr.progress import progress_bar
 from clusterclr.rundir import RunDir
 from clusterclr.runlog import RunLog, SilentLog
-from clusterclr.training.checkpoint import Checkpoints, EpochProgress, TrainingPosition, epoch_seed, rank_seed
+from clusterclr.training.checkpoint import (
+    Checkpoints,
+    EpochProgress,
+    TrainingPosition,
+    epoch_seed,
+    rank_seed,
+)
 from clusterclr.training.guards import CollapseWatch, LossGuard, StopRequest
 
 
@@ -67,6 +73,11 @@ class Trainer:
         self.collapse = CollapseWatch()
         self.last_logs: dict[str, float] = {}
 
+    def set_epochs(self, epochs: int) -> None:
+        """Train for ``epochs`` in all; before training starts, since the learning-rate schedule spans them."""
+        self.config.train.epochs = epochs
+        self.total_steps = self.steps_per_epoch * epochs
+
     @property
     def step(self) -> int:
         return self.epoch * self.steps_per_epoch
@@ -79,9 +90,8 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------
     def fit(self, log: RunLog | SilentLog) -> None:
         cfg, images, batch_size = self.config, self.parts.splits.train.images, self.config.optim.batch_size
-        bar = tqdm(total=self.total_steps, initial=self.global_step, unit="step", dynamic_ncols=True,
-                   disable=not (cfg.train.progress and distributed.is_main()),
-                   mininterval=0.5 if sys.stderr.isatty() else 30)
+        bar = progress_bar(total=self.total_steps, initial=self.global_step, unit="step",
+                           enabled=cfg.train.progress and distributed.is_main())
         self.method.train()
         while self.epoch < cfg.train.epochs:
             progress, order = self.start_epoch(log, bar)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from clusterclr.evaluate.results import update_metrics
 from clusterclr.evaluate.standard import evaluate_parts
 from clusterclr.rundir import RunDir
 from clusterclr.runlog import RunLog, SilentLog
+from clusterclr.training.budget import epochs_within
 from clusterclr.training.loop import Trainer
 from clusterclr.weights import with_weights
 
@@ -32,7 +34,7 @@ class TrainedRun:
     metrics: dict[str, Any]  # {} on the ranks after the first of a distributed run: rank 0 evaluates
 
 
-def start_run(config: Config, run_dir: RunDir, init: RunDir | None = None) -> TrainedRun:
+def start_run(config: Config, run_dir: RunDir, init: RunDir | None = None, minutes: float | None = None) -> TrainedRun:
     """Train a new run in ``run_dir``, evaluate it and write its metrics (rank 0 of a distributed run writes).
 
     ``init``: a run whose trained backbone (and normalisation) the new run
@@ -40,6 +42,8 @@ def start_run(config: Config, run_dir: RunDir, init: RunDir | None = None) -> Tr
     ``model.weights``: a pretrained weights file to start from, which decides
     the architecture and the input (``weights.py``); the config records them.
     With ``train.epochs: 0`` either is a run of its features as they are.
+    ``minutes``: train for as many epochs as fit in that time here (measured
+    first; the config records the epochs it became), instead of ``train.epochs``.
     """
     if init is not None and config.model.weights is not None:
         raise UserError("--init and model.weights both give the backbone to start from; give one of them")
@@ -53,6 +57,12 @@ def start_run(config: Config, run_dir: RunDir, init: RunDir | None = None) -> Tr
     else:
         parts = build_parts(config, initial["normalisation"], backbone_state(initial["method"], init))
     trainer = Trainer(parts, run_dir)
+    if minutes is not None:
+        measured = epochs_within(trainer, minutes)  # on every rank: the steps of a distributed run go together
+        epochs, per_epoch = distributed.on_main_then_broadcast(lambda: measured)
+        trainer.set_epochs(epochs)
+        if distributed.is_main():
+            print(f"{minutes:g} minutes of training: about {per_epoch:.1f} s per epoch here, so {epochs} epochs", file=sys.stderr)
     if distributed.is_main():
         run_dir.write_config(config)
         run_dir.write_skipped_files([(bad.path, bad.reason) for bad in parts.splits.skipped])
@@ -79,7 +89,10 @@ def resume_run(run_dir: RunDir) -> TrainedRun:
 
 def finish(parts: Parts, run_dir: RunDir, epoch: int, ctx: EvalContext | None = None) -> dict[str, Any]:
     """Final evaluation of ``parts`` at ``epoch``, written to metrics.json (atomically)."""
+    ctx = ctx or EvalContext.of(parts, progress=False)
     metrics: dict[str, Any] = evaluate_parts(parts, ctx)
+    if ctx.choice is not None:
+        metrics["clusters_chosen_by"] = ctx.choice.criterion
     metrics.update(
         epoch=epoch,
         method=parts.config.method.name,
@@ -87,7 +100,7 @@ def finish(parts: Parts, run_dir: RunDir, epoch: int, ctx: EvalContext | None = 
         eval_split=parts.splits.eval_split,
         num_train=len(parts.splits.train),
         num_test=len(parts.splits.test),
-        clusters=parts.clusters,
+        clusters=ctx.clusters,
     )
     # Results of `evaluate --protocol` (their own keys) survive a re-evaluation.
     update_metrics(run_dir.metrics, metrics)
@@ -113,7 +126,9 @@ def _train(trainer: Trainer) -> TrainedRun:
     finally:
         log.close()
     if trainer.config.train.report:
-        from clusterclr.report.run import report_run  # matplotlib and t-SNE load only when a report is wanted
+        from clusterclr.report.run import (
+            report_run,  # matplotlib and t-SNE load only when a report is wanted
+        )
 
         report_run(parts, run_dir, trainer.epoch, ctx)
     return TrainedRun(run_dir, parts, trainer.epoch, metrics)

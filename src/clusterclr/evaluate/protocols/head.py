@@ -27,9 +27,10 @@ def run(ctx: EvalContext, options: ProtocolOptions, seed: int) -> dict[str, floa
 
 def _probabilities(ctx: EvalContext, split: str) -> torch.Tensor:
     method = ctx.model.method
-    if method.cluster_head_module() is None:
+    if ctx.model.cluster_head() is None:
         raise UserError(
-            f"{method.name} has no cluster head; --protocol head works for runs of: {', '.join(methods_with_cluster_head())}"
+            f"{method.name} has no cluster head; --protocol head works for runs of: {', '.join(methods_with_cluster_head())}, "
+            "and for any run after `clusterclr stage RUN_DIR` fits one"
         )
     probabilities = ctx.embeddings(split).cluster_probabilities
     if probabilities is None:

@@ -19,7 +19,11 @@ code (``module.``, ``backbone.``, ``encoder_q.``, Lightning's
 ``state_dict``, DINO's ``teacher``). Nothing is downloaded.
 """
 
-from clusterclr.models.pretrained.load import FAMILIES, load_pretrained, recognise_family
+from clusterclr.models.pretrained.load import (
+    FAMILIES,
+    load_pretrained,
+    recognise_family,
+)
 from clusterclr.models.pretrained.result import (
     CLIP_MEAN,
     CLIP_STD,

@@ -22,7 +22,14 @@ from collections.abc import Collection, Mapping
 import torch
 
 from clusterclr.errors import UserError
-from clusterclr.models.pretrained.fitting import Plan, Source, ViTOptions, block_count, need, take
+from clusterclr.models.pretrained.fitting import (
+    Plan,
+    Source,
+    ViTOptions,
+    block_count,
+    need,
+    take,
+)
 from clusterclr.models.pretrained.result import clip_input
 from clusterclr.models.pretrained.vit_spec import Conventions, Parts, vit_spec
 

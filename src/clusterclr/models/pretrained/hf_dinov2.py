@@ -18,7 +18,15 @@ from collections.abc import Collection, Mapping
 
 import torch
 
-from clusterclr.models.pretrained.fitting import Plan, Source, ViTOptions, block_count, concatenate, need, take
+from clusterclr.models.pretrained.fitting import (
+    Plan,
+    Source,
+    ViTOptions,
+    block_count,
+    concatenate,
+    need,
+    take,
+)
 from clusterclr.models.pretrained.result import imagenet_input
 from clusterclr.models.pretrained.vit_spec import Conventions, Parts, vit_spec
 

@@ -21,7 +21,13 @@ import torch
 
 from clusterclr.errors import UserError
 from clusterclr.models.backbone_spec import BackboneSpec
-from clusterclr.models.pretrained.fitting import Plan, Source, ViTOptions, block_count, need
+from clusterclr.models.pretrained.fitting import (
+    Plan,
+    Source,
+    ViTOptions,
+    block_count,
+    need,
+)
 from clusterclr.models.pretrained.result import imagenet_input
 
 # (bottleneck blocks?, blocks per stage) of the ResNets clusterclr builds.
