@@ -34,7 +34,7 @@ GLOBAL_BATCH = 16
 SIDE = 8
 HEADS = ["method.projection_hidden_dim=32", "method.projection_dim=16"]
 # One loss family each: NT-Xent, InfoNCE with a queue, CC's cluster columns and entropy, DEC target
-# and anchor, multi-positive NT-Xent and InfoNCE (SePP), SePP's partner term, ProtoNCE.
+# and anchor, multi-positive NT-Xent and InfoNCE (SePP), SePP's partner term, ProtoNCE, SCAN's pairs and entropy.
 METHODS = {
     "simclr": [],
     "moco_v2": ["method.queue_size=32"],
@@ -44,6 +44,7 @@ METHODS = {
     "sepp_moco_v2": ["method.queue_size=32"],
     "sepp_simsiam": ["method.predictor_hidden_dim=8"],
     "pcl": ["method.queue_size=32", "method.granularities=[3,4]"],
+    "scan": ["method.heads=3"],
 }
 DATA = DataInfo(num_images=64, num_classes=4, channels=1, image_size=(SIDE, SIDE), clusters=4)
 
@@ -72,7 +73,8 @@ def freeze_batch_norm(module: nn.Module) -> None:
 
 def _method(name: str):
     torch.manual_seed(0)
-    overrides = ["model.width=0.125", "train.device=cpu", "train.precision=fp32", *HEADS, *METHODS[name]]
+    heads = [] if name == "scan" else HEADS  # SCAN has cluster heads, no projector
+    overrides = ["model.width=0.125", "train.device=cpu", "train.precision=fp32", *heads, *METHODS[name]]
     method = build_model(build_config(flags={"method.name": name}, overrides=overrides), DATA, {"mean": [0.5], "std": [0.25]}).method
     freeze_batch_norm(method)
     method.train()

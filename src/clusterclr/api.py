@@ -41,7 +41,7 @@ from clusterclr.commands.cluster import (
     cluster_folder,
     resume_cluster_folder,
 )
-from clusterclr.commands.stage import stage_run
+from clusterclr.commands.stage import end_to_end, stage_run
 from clusterclr.config import Config
 from clusterclr.configure import build_config
 from clusterclr.data.base import ImageDataset
@@ -262,6 +262,13 @@ class Run:
         _, metrics = stage_run(self.directory, clusters, dict(settings or {}), progress, resume)
         self.__dict__.pop("model", None)  # the model on disk now has the stage's head
         return metrics
+
+    def fit_stage_end_to_end(
+        self, out: PathLike, epochs: int = 50, self_label_epochs: int = 0, clusters: int | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> Run:
+        """SCAN end to end from this run: a new run in ``out`` (``clusterclr stage --end-to-end``)."""
+        return Run.of(end_to_end(self.directory, RunDir(out), epochs, self_label_epochs, clusters, dict(settings or {})))
 
     def stage_summary(self) -> str:
         """The run's clustering stage in one line, or "none"."""

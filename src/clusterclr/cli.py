@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from clusterclr.arguments import build_parser
 from clusterclr.errors import Interrupted, UserError
 
 
@@ -20,7 +21,6 @@ def _train(args: argparse.Namespace) -> int:
     from clusterclr import api, distributed
     from clusterclr.commands.train import run_to_resume
     from clusterclr.configure import build_config
-    from clusterclr.evaluate.standard import headline_table
     from clusterclr.rundir import RunDir
 
     flags = _train_flags(args)
@@ -47,7 +47,7 @@ def _train(args: argparse.Namespace) -> int:
                 print(f"training {config.method.name} on {config.data.dataset}{processes} -> {run_dir}", file=sys.stderr)
             run = api.train(config, out=run_dir)
         if main:
-            print(headline_table(run.metrics))
+            print(metrics_table(run.metrics))
             print(f"run directory: {run_dir}")
             _print_report_path(run_dir)
     return 0
@@ -76,7 +76,6 @@ def _evaluate(args: argparse.Namespace) -> int:
         protocol_options,
     )
     from clusterclr.evaluate.results import results_table
-    from clusterclr.evaluate.standard import headline_table
 
     run = api.Run(args.run_dir)
     if not args.protocol:
@@ -84,7 +83,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         if given:
             raise UserError(f"{given[0]} is an option of --protocol; name the protocols to run")
         print(f"evaluating {run.directory} at epoch {run.epoch}/{run.config.train.epochs}", file=sys.stderr)
-        print(headline_table(run.evaluate()))
+        print(metrics_table(run.evaluate()))
         return 0
     names = list(dict.fromkeys(args.protocol))
     options = protocol_options(args, names)
@@ -166,8 +165,9 @@ def _cluster(args: argparse.Namespace) -> int:
 def _stage(args: argparse.Namespace) -> int:
     from clusterclr import api
     from clusterclr.commands.stage import parse_stage_overrides
-    from clusterclr.evaluate.standard import headline_table
 
+    if args.end_to_end or args.epochs is not None or args.self_label_epochs or args.out:
+        return _stage_end_to_end(args)
     if args.resume:
         if args.run_dir or args.clusters or args.overrides:
             raise UserError("--resume continues the saved stage with its own settings; drop RUN_DIR, --clusters and --set")
@@ -181,9 +181,28 @@ def _stage(args: argparse.Namespace) -> int:
         clusters = None if args.clusters is None else args.clusters if args.clusters == "auto" else _positive_int(args.clusters)
         print(f"fitting a clustering stage on the features of {run.directory}", file=sys.stderr)
         metrics = run.fit_stage(clusters, parse_stage_overrides(args.overrides))
-    print(headline_table(metrics))
+    print(metrics_table(metrics))
     stage = run.stage_summary()
     print(f"stage: {stage}")
+    return 0
+
+
+def _stage_end_to_end(args: argparse.Namespace) -> int:
+    from clusterclr import api
+    from clusterclr.commands.stage import parse_stage_overrides
+
+    if not args.end_to_end:
+        raise UserError("--epochs, --self-label-epochs and --out belong to --end-to-end")
+    if args.run_dir is None or args.resume:
+        raise UserError("--end-to-end trains a new run from RUN_DIR (continue an interrupted one with clusterclr train --resume)")
+    run = api.Run(args.run_dir)
+    out = args.out or f"{run.directory.path}-scan"
+    clusters = None if args.clusters is None else _positive_int(args.clusters)
+    print(f"fine-tuning {run.directory} end to end with SCAN cluster heads -> {out}", file=sys.stderr)
+    tuned = run.fit_stage_end_to_end(out, args.epochs or 50, args.self_label_epochs or 0, clusters, parse_stage_overrides(args.overrides))
+    print(metrics_table(tuned.metrics))
+    print(f"run directory: {out}")
+    _print_report_path(tuned.directory)
     return 0
 
 
@@ -225,121 +244,20 @@ def _datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from clusterclr.version import __version__
+def metrics_table(metrics: dict[str, Any]) -> str:
+    from clusterclr.evaluate.standard import HEADLINE_KEYS
 
-    parser = argparse.ArgumentParser(prog="clusterclr", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"clusterclr {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    train = commands.add_parser("train", help="train a method (default: SimCLR on scikit-learn's digits)")
-    train.add_argument("--config", help="YAML config file (see configs/)")
-    train.add_argument("--method", help="registered method name (see `clusterclr methods`)")
-    train.add_argument("--dataset", help="data set name (see `clusterclr datasets`)")
-    train.add_argument("--data-root", help="where the data set's files are")
-    train.add_argument("--epochs", type=int, help="number of training epochs")
-    train.add_argument("--out", help="run directory (default: runs/METHOD-DATASET-TIME)")
-    train.add_argument("--seed", type=int, help="random seed")
-    train.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                       help="override any config key, e.g. --set optim.lr=0.1 method.temperature=0.2")
-    train.add_argument("--resume", metavar="RUN_DIR",
-                       help="continue an interrupted run from its newest checkpoint; 'auto': the run in --out if it "
-                            "holds one (else start it), or without --out the newest run under runs/")
-    train.set_defaults(handler=_train)
-
-    evaluate = commands.add_parser(
-        "evaluate", help="re-evaluate a run, or run evaluation protocols on it (--protocol)",
-        description="Without --protocol: the run's standard evaluation (kNN, k-means, head), rewritten into "
-                    "metrics.json. With --protocol: each protocol's scores (mean ± std over --seeds where the "
-                    "seed matters) merged into metrics.json under its name.",
-    )
-    evaluate.add_argument("run_dir")
-    evaluate.add_argument("--protocol", nargs="+", choices=["knn", "linear", "kmeans", "head", "semi", "transfer"],
-                          help="protocols to run, in order")
-    evaluate.add_argument("--seeds", nargs="+", type=int, help="seeds for linear, kmeans, semi, transfer (default: 0)")
-    evaluate.add_argument("--knn-k", nargs="+", type=int, help="kNN neighbours, one or more (default: the run's eval.knn_k)")
-    evaluate.add_argument("--knn-temperature", type=float, help="kNN vote temperature (default: the run's eval.knn_temperature)")
-    evaluate.add_argument("--clusters", nargs="+", type=int,
-                          help="k-means K, one or more; K > classes is over-clustering (default: the run's)")
-    evaluate.add_argument("--weight-decays", nargs="+", type=float, help="linear probe weight-decay sweep")
-    evaluate.add_argument("--semi-fractions", nargs="+", type=float, help="labelled fractions (default: 0.01 0.1)")
-    evaluate.add_argument("--semi-epochs", type=int, help="fine-tuning epochs over the labelled subset (default: 30)")
-    evaluate.add_argument("--semi-lr", type=float, help="fine-tuning learning rate (default: 0.02)")
-    evaluate.add_argument("--semi-batch-size", type=int, help="fine-tuning batch size (default: 32)")
-    evaluate.add_argument("--data-config", help="transfer: YAML file whose data section is data set B")
-    evaluate.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="data.KEY=VALUE",
-                          help="transfer: data set B, e.g. --set data.dataset=cifar10 data.root=PATH")
-    evaluate.set_defaults(handler=_evaluate)
-
-    embed = commands.add_parser("embed", help="write embeddings (.npy) and k-means clusters (.csv) of a data set")
-    embed.add_argument("run_dir")
-    embed.add_argument("--dataset", help="data set to embed (default: the run's)")
-    embed.add_argument("--data-root", help="where that data set's files are")
-    embed.add_argument("--split", choices=["train", "test", "unlabeled", "all"], default="all",
-                       help="which of the data set's own splits, in file order (default: all of them)")
-    embed.add_argument("--clusters", type=int, help="k for k-means (default: the run's number of clusters)")
-    embed.add_argument("--out", required=True, help="output FILE.npy; the CSV goes beside it")
-    embed.set_defaults(handler=_embed)
-
-    export = commands.add_parser(
-        "export", help="write a run's encoder (backbone, plus cluster head) as safetensors, TorchScript or ONNX",
-        description="Writes the encoder (normalised images -> features, and cluster probabilities for methods "
-                    "with a cluster head) and, beside it, FILE.json (e.g. model.onnx.json) with the preprocessing it expects.",
-    )
-    export.add_argument("run_dir")
-    export.add_argument("--format", choices=["safetensors", "torchscript", "onnx"], default="safetensors",
-                        help="safetensors (default; tensors only), torchscript (.pt) or onnx (needs clusterclr[onnx])")
-    export.add_argument("--out", required=True, help="output file: .safetensors, .pt or .onnx to match --format")
-    export.set_defaults(handler=_export)
-
-    report = commands.add_parser("report", help="write RUN_DIR/report.html: curves, embedding map, cluster galleries")
-    report.add_argument("run_dir")
-    report.set_defaults(handler=_report)
-
-    cluster = commands.add_parser(
-        "cluster", help="learn from a folder of images and group them: clusters.csv, embeddings, report"
-    )
-    cluster.add_argument("folder", nargs="?", help="folder of images (flat, or one subfolder per class)")
-    cluster.add_argument("--clusters", metavar="K", help="number of clusters, or auto to choose it (required unless --resume)")
-    cluster.add_argument("--method", help="registered method (default: simclr, with k-means on its features)")
-    cluster.add_argument("--init", metavar="RUN_DIR", help="start from this run's trained backbone (fine-tune)")
-    cluster.add_argument("--weights", metavar="FILE",
-                         help="start from a pretrained backbone's weights file (ResNet, DINOv2, CLIP, ...; see README)")
-    cluster.add_argument("--epochs", type=int,
-                         help="training epochs (default: 100, or 0 with --weights; 0 clusters the initial features as they are)")
-    cluster.add_argument("--minutes", type=float, help="train for as many epochs as fit in this many minutes here, instead of --epochs")
-    cluster.add_argument("--out", help="run directory (default: runs/cluster-FOLDER-TIME)")
-    cluster.add_argument("--copy-to", metavar="DIR", help="also copy the images into DIR/cluster_NN/ (originals untouched)")
-    cluster.add_argument("--config", help="YAML config file; flags and --set override it")
-    cluster.add_argument("--seed", type=int, help="random seed")
-    cluster.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                         help="override any config key, e.g. --set data.image_size=96 optim.batch_size=128")
-    cluster.add_argument("--resume", metavar="RUN_DIR",
-                         help="finish an interrupted cluster run: continue its training, then write its clusters (only --copy-to may be added)")
-    cluster.set_defaults(handler=_cluster)
-
-    stage = commands.add_parser(
-        "stage", help="fit a clustering stage (SCAN or TEMI cluster heads) on a trained run's features",
-        description="Trains cluster heads on the frozen features of the run's training images so that each image and "
-                    "its mined neighbours agree, keeps the lowest-loss head and saves it in the run: assign, embed, "
-                    "export, the report and evaluate --protocol head then use it.",
-    )
-    stage.add_argument("run_dir", nargs="?")
-    stage.add_argument("--clusters", metavar="K", help="clusters per head, or auto (default: stage.clusters, else the run's K)")
-    stage.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="stage.KEY=VALUE",
-                       help="stage settings, e.g. --set stage.loss=temi stage.epochs=50")
-    stage.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted stage with its saved settings")
-    stage.set_defaults(handler=_stage)
-
-    assign = commands.add_parser("assign", help="assign new images to a run's clusters (CSV: path,cluster,confidence)")
-    assign.add_argument("run_dir")
-    assign.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
-    assign.add_argument("--out", help="write the CSV here (default: standard output)")
-    assign.set_defaults(handler=_assign)
-
-    commands.add_parser("methods", help="list the registered methods").set_defaults(handler=_methods)
-    commands.add_parser("datasets", help="list the supported data sets").set_defaults(handler=_datasets)
-    return parser
+    rows = [(key, metrics[key]) for key in HEADLINE_KEYS if key in metrics]
+    split = metrics.get("eval_split")
+    title = f"{metrics.get('method', '')} on {metrics.get('dataset', '')}, epoch {metrics.get('epoch', '?')}"
+    if split == "holdout":
+        title += " (no test split: scores on a held-out part of train)"
+    lines = [title, f"{'metric':<12} {'value':>7}", f"{'-' * 12} {'-' * 7}"]
+    for key, value in rows:
+        lines.append(f"{key:<12} {'n/a' if value is None else f'{value:.4f}':>7}")
+    if metrics.get("knn_acc") is None:
+        lines.append("(no labels: kNN and cluster scores need a labelled data set)")
+    return "\n".join(lines)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -352,11 +270,17 @@ def _resumable(args: argparse.Namespace) -> str:
     return args.command if args.command in ("cluster", "stage") else "train"
 
 
+HANDLERS = {
+    "train": _train, "evaluate": _evaluate, "embed": _embed, "export": _export, "report": _report,
+    "cluster": _cluster, "stage": _stage, "assign": _assign, "methods": _methods, "datasets": _datasets,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
     try:
-        return args.handler(args)
+        return HANDLERS[args.command](args)
     except UserError as err:
         # One line even when the message quotes input that holds line breaks.
         print(f"clusterclr: error: {' '.join(str(err).splitlines())}", file=sys.stderr)

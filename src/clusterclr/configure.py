@@ -136,11 +136,13 @@ def _type_method_options(config: Config, source: str) -> None:
 
 
 def _validate_positives(config: Config, source: str) -> None:
-    takes_positives = issubclass(get_method(config.method.name), SemanticPositives)
-    if config.positives is None:
-        if takes_positives:
-            config.positives = PositivesConfig()
-    elif not takes_positives:
+    method = get_method(config.method.name)
+    takes_positives = issubclass(method, SemanticPositives)
+    if takes_positives:
+        # The method's own defaults (SCAN mines 20 neighbours), under what the config sets.
+        given = {} if config.positives is None else config.positives.model_dump(exclude_unset=True)
+        config.positives = PositivesConfig(**{**method.positives_defaults, **given})
+    elif config.positives is not None:
         keys = ", ".join(f"positives.{k}" for k in sorted(config.positives.model_fields_set)) or "positives"
         raise UserError(
             f"{source}: {keys} is set but method '{config.method.name}' takes no semantic positives; "

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from clusterclr.build import Model, load_parts
 from clusterclr.config import StageConfig
-from clusterclr.configure import format_validation_error
+from clusterclr.configure import format_validation_error, validate
 from clusterclr.errors import Interrupted, UserError
 from clusterclr.evaluate.context import EvalContext
 from clusterclr.evaluate.features import Embeddings
@@ -31,7 +31,7 @@ from clusterclr.stage.head import StageHead
 from clusterclr.stage.store import read_stage, write_stage
 from clusterclr.stage.trainer import ClusterStage
 from clusterclr.training.guards import StopRequest
-from clusterclr.training.run import finish
+from clusterclr.training.run import TrainedRun, finish, start_run
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,34 @@ def stage_run(
     result = fit_stage(parts, run_dir, epoch, ctx.embeddings("bank").features, settings, ctx.clusters, choice, progress, resume)
     metrics = finish(parts, run_dir, epoch)
     return result, metrics
+
+
+def end_to_end(
+    run_dir: RunDir, out: RunDir, epochs: int, self_label_epochs: int = 0, clusters: int | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> TrainedRun:
+    """SCAN end to end: a new run in ``out`` whose backbone starts from ``run_dir``'s and is fine-tuned with cluster heads
+    on neighbours mined in ``run_dir``'s features, for ``epochs``, then ``self_label_epochs`` of self-labelling.
+
+    The paper's end-to-end recipe: Adam at 1e-4 with weight decay 1e-4, no warm-up; the heads, neighbours,
+    entropy weight and confidence come from the stage settings (``overrides``).
+    """
+    config, _, _ = run_dir.read()
+    if config.clusters == "auto" and clusters is None:
+        raise UserError("the end-to-end stage needs a number of clusters before it trains: give --clusters K")
+    settings = stage_settings({**(config.stage.model_dump() if config.stage else {}), **(overrides or {})})
+    tree = config.model_dump(mode="json", exclude={"method", "positives", "stage", "optim"})
+    tree["clusters"] = clusters if clusters is not None else config.clusters
+    tree["method"] = {
+        "name": "scan", "heads": settings.heads, "head_clusters": settings.clusters, "hidden_dim": settings.hidden_dim,
+        "entropy_weight": settings.entropy_weight, "confidence": settings.confidence,
+        "cluster_epochs": epochs if self_label_epochs else None,
+    }
+    tree["positives"] = {"encoder": str(run_dir.path), "neighbours": settings.neighbours}
+    tree["optim"] = {"name": "adam", "lr": 1e-4, "weight_decay": 1e-4, "warmup_epochs": 0, "scale_lr_with_batch": False,
+                     "batch_size": config.optim.batch_size}
+    tree["train"]["epochs"] = epochs + self_label_epochs
+    return start_run(validate(tree), out, init=run_dir)
 
 
 def unfinished_stage(run_dir: RunDir) -> dict[str, Any]:

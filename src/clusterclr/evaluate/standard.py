@@ -68,18 +68,3 @@ def head_cluster_sizes(probabilities: torch.Tensor) -> dict[str, Any]:
             stacklevel=2,
         )
     return {"head_cluster_sizes": sizes.tolist(), "head_empty_clusters": empty, "head_largest_cluster": round(largest, 4)}
-
-
-def headline_table(metrics: dict[str, Any]) -> str:
-    """The headline scores of a run's metrics.json as a table with a title line, as ``train`` and ``evaluate`` print it."""
-    rows = [(key, metrics[key]) for key in HEADLINE_KEYS if key in metrics]
-    split = metrics.get("eval_split")
-    title = f"{metrics.get('method', '')} on {metrics.get('dataset', '')}, epoch {metrics.get('epoch', '?')}"
-    if split == "holdout":
-        title += " (no test split: scores on a held-out part of train)"
-    lines = [title, f"{'metric':<12} {'value':>7}", f"{'-' * 12} {'-' * 7}"]
-    for key, value in rows:
-        lines.append(f"{key:<12} {'n/a' if value is None else f'{value:.4f}':>7}")
-    if metrics.get("knn_acc") is None:
-        lines.append("(no labels: kNN and cluster scores need a labelled data set)")
-    return "\n".join(lines)

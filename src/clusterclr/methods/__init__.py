@@ -1,13 +1,14 @@
 """Training methods; importing this package registers the built-in ones."""
 
-from clusterclr.methods import (  # noqa: F401  # noqa: F401  # noqa: F401
+from clusterclr.methods import (  # noqa: F401
     byol,
     cc,
     center_predictor,
     interclr,
     moco_v2,
     pcl,
-    sepp,  # noqa: F401
+    scan,
+    sepp,
     simclr,
     simsiam,
 )

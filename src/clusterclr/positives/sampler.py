@@ -22,7 +22,7 @@ The method itself only widens its positives hook with
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -51,10 +51,14 @@ class TrainedEncoder(Protocol):
 class SemanticPositives:
     """Mixin giving a ``Method`` subclass mined semantic partners (see the module docstring).
 
+    ``positives_defaults``: the method's own defaults for the ``positives`` section.
+
     ``encoder_loader`` loads ``positives.encoder`` onto a device when it is
     first needed (``build`` hands it in; the model being trained mines when
     it is None).
     """
+
+    positives_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,
