@@ -1,6 +1,7 @@
 """``clusterclr cluster`` and ``assign`` on a folder of real images (written from the shared CIFAR-10 rows)."""
 
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -13,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from clusterclr import io as clusterclr_io
 from clusterclr.cli import main
 from clusterclr.data.cifar import load_cifar10
 from clusterclr.rundir import RunDir
@@ -192,3 +194,85 @@ def test_resume_refuses_a_run_that_cluster_did_not_make(tmp_path, capsys):
     assert main(["train", "--out", str(run), "--set", "train.epochs=1", *FAST[:1], "train.progress=false", "train.report=false"]) == 0
     assert main(["cluster", "--resume", str(run)]) == 2
     assert f"continue it with: clusterclr train --resume {run}" in capsys.readouterr().err
+
+
+def _raises(error: Exception):
+    def fail(*args, **kwargs):
+        raise error
+
+    return fail
+
+
+def _fail_writing(path: Path, monkeypatch) -> None:
+    """Writes of ``path`` through clusterclr.io fail as a full disk makes them fail."""
+    real = clusterclr_io.atomic_write
+
+    def failing(target, write, keep_previous=None):
+        if Path(target) == path:
+            write = _raises(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+        return real(target, write, keep_previous)
+
+    monkeypatch.setattr(clusterclr_io, "atomic_write", failing)
+
+
+def test_an_output_that_cannot_be_written_names_itself_and_the_command_that_writes_it_again(clustered, tmp_path, monkeypatch, capsys):
+    folder, names, _, run, _ = clustered
+    again = tmp_path / "again"
+    arguments = ["cluster", str(folder), "--clusters", "3", "--init", str(run), "--epochs", "1", "--out", str(again),
+                 "--set", *FAST, "train.progress=false"]
+    _fail_writing(RunDir(again).clusters_csv, monkeypatch)
+    assert main(arguments) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {again / 'clusters.csv'}: No space left on device" in err, err
+    assert f"the trained model is kept in {again}; write the outputs again with: clusterclr cluster --resume {again}\n" in err
+    assert not (again / "clusters.csv").exists()
+    trained = torch.load(RunDir(again).checkpoint, weights_only=True)
+    monkeypatch.undo()
+
+    # The named command writes every output from the finished run, without training again.
+    assert main(["cluster", "--resume", str(again)]) == 0
+    assert sorted(Path(row["path"]).name for row in _read_csv(again / "clusters.csv")) == sorted(names)
+    assert (again / "report.html").is_file() and (again / "embeddings.npy").is_file()
+    after = torch.load(RunDir(again).checkpoint, weights_only=True)
+    assert after["epoch"] == trained["epoch"] == 1
+    assert all(torch.equal(after["method"][key], value) for key, value in trained["method"].items())
+    epochs = [r["epoch"] for r in map(json.loads, (again / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "epoch"]
+    assert epochs == [1]
+
+    # Any other failure (here a bug in the report) names the output too; the run stays finished.
+    monkeypatch.setattr("clusterclr.commands.cluster.write_report", _raises(ValueError("boom")))
+    assert main(["cluster", "--resume", str(again)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {again / 'report.html'}: ValueError: boom; the trained model is kept in {again}" in err
+    assert f"write the outputs again with: clusterclr cluster --resume {again}\n" in err
+
+
+def test_a_copy_cut_short_is_undone_and_named_with_the_command_that_copies_again(clustered, tmp_path, monkeypatch, capsys):
+    from clusterclr.commands import copies as copies_module
+
+    folder, names, digests, run, _ = clustered
+    again, copies = tmp_path / "again", tmp_path / "sorted photos"
+    assert main(["cluster", str(folder), "--clusters", "3", "--init", str(run), "--epochs", "0", "--out", str(again),
+                 "--set", *FAST, "train.progress=false"]) == 0
+    calls = []
+    real_copy = copies_module.shutil.copy2
+
+    def copy_then_fill_the_disk(source, destination):
+        calls.append(destination)
+        if len(calls) == 5:
+            Path(destination).write_bytes(b"half a file")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_copy(source, destination)
+
+    monkeypatch.setattr(copies_module.shutil, "copy2", copy_then_fill_the_disk)
+    capsys.readouterr()
+    assert main(["cluster", "--resume", str(again), "--copy-to", str(copies)]) == 2
+    err = capsys.readouterr().err
+    assert f"to {calls[-1]}: No space left on device" in err
+    assert f"write the outputs again with: clusterclr cluster --resume {again} --copy-to '{copies}'\n" in err
+    assert not copies.exists()  # made by the copy, so removed with what was copied into it
+    monkeypatch.undo()
+
+    assert main(["cluster", "--resume", str(again), "--copy-to", str(copies)]) == 0
+    copied = {p.name: p for p in copies.rglob("*") if p.is_file()}
+    assert sorted(copied) == sorted(names) and {name: _digest(p) for name, p in copied.items()} == digests

@@ -179,3 +179,66 @@ def test_npz_images_of_an_unexpected_mode_or_size_are_errors_naming_the_file(tmp
     np.savez(path, x=np.zeros((4, 8, 8), np.uint8), x_test=np.zeros((2, 9, 9), np.uint8))
     with pytest.raises(UserError, match=rf"npz: {path}: 'x_test' images are \(1, 9, 9\)"):
         load_raw("npz", path)
+
+
+# --- the same bad files in every command that reads image files ----------------------------------
+
+TINY_RUN = ["data.image_size=8", "model.width=0.125", "method.projection_hidden_dim=16", "method.projection_dim=8",
+            "train.progress=false", "train.num_threads=1"]
+
+
+def folder_with_three_bad_files(root: Path, monkeypatch) -> dict[Path, str]:
+    """Six good images plus a decompression bomb, a zero-byte file and a truncated JPEG: {bad file: why}."""
+    good_folder(root)
+    jpeg = io.BytesIO()
+    Image.fromarray(RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(jpeg, "JPEG", quality=95)
+    bad = {root / "bomb.png": "DecompressionBombError", root / "empty.png": "empty file", root / "cut.jpg": "truncated"}
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)  # 32 × 32 px is then a bomb; 16 × 16 px is not
+    (root / "bomb.png").write_bytes(png_bytes(32))
+    (root / "empty.png").write_bytes(b"")
+    (root / "cut.jpg").write_bytes(jpeg.getvalue()[:-100])
+    return bad
+
+
+def _listed(text: str) -> dict[str, str]:
+    """{path: reason} of ``path<TAB>reason`` lines (skipped_files.txt, or the warning's indented lines)."""
+    return dict(line.strip().split("\t") for line in text.splitlines() if "\t" in line)
+
+
+def test_bad_files_are_named_or_skipped_and_listed_by_cluster_assign_and_embed(tmp_path, monkeypatch, capsys):
+    from clusterclr.cli import main
+
+    folder = tmp_path / "images"
+    bad = folder_with_three_bad_files(folder, monkeypatch)
+    run = tmp_path / "run"
+    threads = torch.get_num_threads()
+    try:
+        cluster = ["cluster", str(folder), "--clusters", "2", "--epochs", "1", "--out", str(run), "--set", *TINY_RUN]
+        assert main(cluster) == 2
+        err = capsys.readouterr().err
+        assert f"cannot use {folder / 'bomb.png'}: DecompressionBombError" in err and "(and 2 more bad files)" in err
+        assert "--set data.skip_bad=true" in err and not RunDir(run).holds_run()
+        assert main([*cluster, "data.skip_bad=true"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert "skipped 3 unusable image file(s)" in capsys.readouterr().out
+    listed = _listed(RunDir(run).skipped_files.read_text(encoding="utf-8"))
+    assert sorted(listed) == sorted(map(str, bad)) and all(why in listed[str(p)] for p, why in bad.items())
+    clustered = RunDir(run).clusters_csv.read_text(encoding="utf-8")
+    assert clustered.count("good_") == 6 and not any(p.name in clustered for p in bad)
+
+    # assign and embed skip as the run was trained, or as --skip-bad / --no-skip-bad say.
+    for command in (["assign", str(run), str(folder)], ["embed", str(run), "--out", str(tmp_path / "e.npy")]):
+        assert main([*command, "--no-skip-bad"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("clusterclr: error:") == 1 and f"cannot use {folder / 'bomb.png'}: DecompressionBombError" in err
+        assert "(and 2 more bad files); fix or remove it, or skip bad files with --skip-bad" in err
+        for flags in ([], ["--skip-bad"]):
+            assert main([*command, *flags]) == 0
+            err = capsys.readouterr().err
+            assert "skipped 3 unusable image file(s)" in err and _listed(err) == listed
+    assert main(["assign", str(run), str(folder)]) == 0
+    assert sorted(capsys.readouterr().out.splitlines()) == sorted(clustered.splitlines())
+    assert (tmp_path / "e.csv").read_text(encoding="utf-8").count("good_") == 6
+    found = clusterclr.load(run).assign([folder / "good_00.png", folder / "empty.png"], skip_bad=True)
+    assert found.paths == (str(folder / "good_00.png"),) and [b.path for b in found.skipped] == [str(folder / "empty.png")]

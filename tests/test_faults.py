@@ -92,20 +92,25 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous_one(run, fin
         RunDir(run).read()
 
 
-def test_a_full_disk_is_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+def fill_the_disk_for(monkeypatch, name: str, when=lambda: True) -> None:
+    """Writes of files called ``name`` through clusterclr.io fail (while ``when()``) as on a full disk."""
     if not Path("/dev/full").exists():
         pytest.skip("needs /dev/full to make writes fail with ENOSPC")
-    run = tmp_path / "run"
     real_mkstemp = tempfile.mkstemp
 
-    def checkpoints_on_a_full_disk(*args, **kwargs):
-        fd, name = real_mkstemp(*args, **kwargs)
-        if Path(name).name.startswith(".last.pt.") and (RunDir(run).checkpoint).exists():
+    def on_a_full_disk(*args, **kwargs):
+        fd, temporary = real_mkstemp(*args, **kwargs)
+        if Path(temporary).name.startswith(f".{name}.") and when():
             os.close(fd)
             fd = os.open("/dev/full", os.O_WRONLY)  # every write fails: No space left on device
-        return fd, name
+        return fd, temporary
 
-    monkeypatch.setattr(clusterclr.io.tempfile, "mkstemp", checkpoints_on_a_full_disk)
+    monkeypatch.setattr(clusterclr.io.tempfile, "mkstemp", on_a_full_disk)
+
+
+def test_a_full_disk_is_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    fill_the_disk_for(monkeypatch, "last.pt", when=RunDir(run).checkpoint.exists)
     assert main(["train", "--out", str(run), "--epochs", "2", "--set", *TINY]) == 2
     error = capsys.readouterr().err
     assert "Traceback" not in error
@@ -114,6 +119,21 @@ def test_a_full_disk_is_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, mo
     assert f"clusterclr train --resume {run}" in error
     assert load_checkpoint(RunDir(run).checkpoint)["epoch"] == 0
     assert not list((run / "checkpoints").glob(".*.tmp"))
+
+
+def test_an_output_written_after_training_that_fails_keeps_the_run_and_names_the_command(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    fill_the_disk_for(monkeypatch, "metrics.json")
+    assert main(["train", "--out", str(run), "--epochs", "1", "--set", *TINY]) == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    assert (f"cannot write {RunDir(run).metrics}: No space left on device; the trained model is kept in {run}; "
+            f"write the outputs again with: clusterclr train --resume {run}\n") in error
+    monkeypatch.undo()
+
+    assert main(["train", "--resume", str(run)]) == 0  # evaluates and writes, without training again
+    assert json.loads(RunDir(run).metrics.read_text())["epoch"] == 1
+    assert [r["epoch"] for r in map(json.loads, RunDir(run).log.read_text().splitlines()) if r["kind"] == "epoch"] == [1]
 
 
 def test_an_unwritable_run_directory_is_refused_before_any_work(tmp_path, capsys):

@@ -20,8 +20,8 @@ from weight_files import CLIP, dinov2_checkpoint, torchvision_resnet
 import clusterclr
 from clusterclr.build import build_parts
 from clusterclr.cli import main
-from clusterclr.commands.assign import read_images
 from clusterclr.configure import build_config
+from clusterclr.data.folder import read_files
 from clusterclr.errors import UserError
 from clusterclr.io import load_checkpoint
 from clusterclr.methods.training_images import TrainingImages
@@ -108,7 +108,8 @@ def test_cluster_a_folder_on_pretrained_features(files, tmp_path, name):
     height = state["data_info"]["image_size"][0]
     # Upsampled to the weights' resolution where not set (the folder's images are 20 px).
     assert height == (size or load_pretrained(files / name).preprocessing.resolution)
-    expected = pretrained_features(files / name, read_images([Path(r["path"]) for r in rows], height))
+    images = read_files([Path(clusterclr.path_from_text(r["path"])) for r in rows], height, "in clusters.csv").images
+    expected = pretrained_features(files / name, images)
     np.testing.assert_allclose(np.load(out / "embeddings.npy"), expected.numpy(), rtol=1e-4, atol=1e-4)
 
 

@@ -44,7 +44,7 @@ from clusterclr.commands.cluster import (
 from clusterclr.commands.stage import end_to_end, stage_run
 from clusterclr.config import Config
 from clusterclr.configure import build_config
-from clusterclr.data.base import ImageDataset
+from clusterclr.data.base import BadFile, ImageDataset
 from clusterclr.data.splits import resize
 from clusterclr.errors import UserError
 from clusterclr.evaluate.features import Embeddings, embed
@@ -110,12 +110,17 @@ def load(run_dir: PathLike) -> Run:
 
 @dataclass(frozen=True)
 class Clusters:
-    """Images and their clusters, in ``paths`` order, with their backbone ``features`` (N × D float32)."""
+    """Images and their clusters, in ``paths`` order, with their backbone ``features`` (N × D float32).
+
+    ``paths`` are exact (as the file system gives them: ``os.fsencode`` gives
+    a name's bytes); ``skipped``: the unusable files left out, with why.
+    """
 
     paths: tuple[str, ...]
     assignments: ClusterAssignments
     features: np.ndarray
     run: Run
+    skipped: tuple[BadFile, ...] = ()
 
     @property
     def cluster(self) -> np.ndarray:
@@ -136,7 +141,8 @@ class Clusters:
         return self.assignments.sizes()
 
     def csv(self) -> str:
-        """``path,cluster,confidence``, one row per image: what ``clusters.csv`` and ``clusterclr assign`` write."""
+        """``path,cluster,confidence``, one row per image: what ``clusters.csv`` and ``clusterclr assign`` write
+        (paths as ``path_text`` writes them; ``clusterclr.path_from_text`` reads one back)."""
         return assignments_csv(self.paths, self.assignments)
 
 
@@ -176,7 +182,7 @@ def finish_cluster(run_dir: PathLike, copy_to: PathLike | None = None) -> Cluste
 
 
 def _clusters(result: ClusterResult) -> Clusters:
-    return Clusters(result.paths, result.assignments, result.features, Run.of(result.run))
+    return Clusters(result.paths, result.assignments, result.features, Run.of(result.run), result.run.parts.splits.skipped)
 
 
 class Run:
@@ -229,13 +235,19 @@ class Run:
         uint8 images (N × C × H × W tensor or array) at the run's channels; images are resized to its resolution."""
         if isinstance(images, (torch.Tensor, np.ndarray)):
             return embed(self.model, _as_dataset(images, self.model))
-        return embed_files(self.model, collect_images(_as_items(images)))
+        return embed_files(self.model, collect_images(_as_items(images))).embeddings
 
-    def assign(self, images: PathLike | Sequence[PathLike]) -> Clusters:
-        """Image files (or every image under folders) put into this run's clusters, as ``clusterclr assign`` does."""
-        paths = collect_images(_as_items(images))
-        embeddings, assignments = assign_images(self.model, self.directory, paths)
-        return Clusters(tuple(map(str, paths)), assignments, embeddings.features.numpy().astype(np.float32), self)
+    def assign(self, images: PathLike | Sequence[PathLike], skip_bad: bool | None = None) -> Clusters:
+        """Image files (or every image under folders) put into this run's clusters, as ``clusterclr assign`` does.
+
+        An unusable file is an error naming it, unless ``skip_bad`` (by default: whether the run was trained
+        with ``data.skip_bad``): then it is left out and listed in ``skipped``.
+        """
+        if skip_bad is None:
+            skip_bad = self.config.data.skip_bad
+        embedded, assignments = assign_images(self.model, self.directory, collect_images(_as_items(images)), skip_bad)
+        features = embedded.embeddings.features.numpy().astype(np.float32)
+        return Clusters(tuple(map(str, embedded.paths)), assignments, features, self, embedded.skipped)
 
     def evaluate(
         self, protocols: Sequence[str] | None = None, seeds: Sequence[int] = (0,), options: ProtocolOptions | None = None

@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="which of the data set's own splits, in file order (default: all of them)")
     embed.add_argument("--clusters", type=int, help="k for k-means (default: the run's number of clusters)")
     embed.add_argument("--out", required=True, help="output FILE.npy; the CSV goes beside it")
+    embed.add_argument("--skip-bad", action=argparse.BooleanOptionalAction,
+                       help="leave out image files that cannot be read, listing them and why (default: as the run was trained)")
 
     export = commands.add_parser(
         "export", help="write a run's encoder (backbone, plus cluster head) as safetensors, TorchScript or ONNX",
@@ -92,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                          help="override any config key, e.g. --set data.image_size=96 optim.batch_size=128")
     cluster.add_argument("--resume", metavar="RUN_DIR",
-                         help="finish an interrupted cluster run: continue its training, then write its clusters (only --copy-to may be added)")
+                         help="finish an interrupted cluster run: continue its training, then write its clusters; on a "
+                              "finished run, write its outputs again without training (only --copy-to may be added)")
 
     stage = commands.add_parser(
         "stage", help="fit a clustering stage (SCAN or TEMI cluster heads) on a trained run's features",
@@ -115,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     assign.add_argument("run_dir")
     assign.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     assign.add_argument("--out", help="write the CSV here (default: standard output)")
+    assign.add_argument("--skip-bad", action=argparse.BooleanOptionalAction,
+                        help="leave out image files that cannot be read, listing them and why (default: as the run was trained)")
 
     commands.add_parser("methods", help="list the registered methods")
     commands.add_parser("datasets", help="list the supported data sets")

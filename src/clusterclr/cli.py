@@ -8,13 +8,15 @@ so ``clusterclr methods`` does not pay for matplotlib.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 from clusterclr.arguments import build_parser
-from clusterclr.errors import Interrupted, UserError
+from clusterclr.errors import Interrupted, OutputError, UserError
+from clusterclr.pathtext import path_text
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -34,7 +36,7 @@ def _train(args: argparse.Namespace) -> int:
         main = distributed.is_main()
         if run_dir is not None:
             if main:
-                print(f"resuming {run_dir}", file=sys.stderr)
+                print(f"resuming {path_text(run_dir.path)}", file=sys.stderr)
             run = api.resume(run_dir)
         else:
             config = build_config(args.config, flags, args.overrides)
@@ -44,18 +46,25 @@ def _train(args: argparse.Namespace) -> int:
             )
             if main:
                 processes = f" ({distributed.world_size()} processes)" if distributed.world_size() > 1 else ""
-                print(f"training {config.method.name} on {config.data.dataset}{processes} -> {run_dir}", file=sys.stderr)
+                print(f"training {config.method.name} on {config.data.dataset}{processes} -> {path_text(run_dir.path)}", file=sys.stderr)
             run = api.train(config, out=run_dir)
         if main:
             print(metrics_table(run.metrics))
-            print(f"run directory: {run_dir}")
+            print(f"run directory: {path_text(run_dir.path)}")
             _print_report_path(run_dir)
     return 0
 
 
 def _print_report_path(run_dir) -> None:
     if run_dir.report.is_file():
-        print(f"report: {run_dir.report}")
+        print(f"report: {path_text(run_dir.report)}")
+
+
+def _list_skipped(skipped) -> None:
+    """Unusable image files left out, with why: one ``path<TAB>reason`` line each, as in skipped_files.txt."""
+    if skipped:
+        lines = "".join(f"\n  {bad.line()}" for bad in skipped)
+        print(f"clusterclr: warning: skipped {len(skipped)} unusable image file(s):{lines}", file=sys.stderr)
 
 
 def _train_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -82,15 +91,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         given = given_protocol_flags(args)
         if given:
             raise UserError(f"{given[0]} is an option of --protocol; name the protocols to run")
-        print(f"evaluating {run.directory} at epoch {run.epoch}/{run.config.train.epochs}", file=sys.stderr)
+        print(f"evaluating {path_text(run.directory.path)} at epoch {run.epoch}/{run.config.train.epochs}", file=sys.stderr)
         print(metrics_table(run.evaluate()))
         return 0
     names = list(dict.fromkeys(args.protocol))
     options = protocol_options(args, names)
     seeds = checked_seeds(args.seeds)
-    print(f"evaluating {run.directory}: {', '.join(names)} (seeds {' '.join(map(str, seeds))})", file=sys.stderr)
+    print(f"evaluating {path_text(run.directory.path)}: {', '.join(names)} (seeds {' '.join(map(str, seeds))})", file=sys.stderr)
     print(results_table(run.evaluate(names, seeds, options)))
-    print(f"results merged into {run.directory.metrics}")
+    print(f"results merged into {path_text(run.directory.metrics)}")
     return 0
 
 
@@ -106,8 +115,9 @@ def _embed(args: argparse.Namespace) -> int:
     model = api.load(args.run_dir).model
     dataset = args.dataset or model.config.data.dataset
     root = args.data_root if args.dataset else model.config.data.root
-    rows = embed_to_files(model, dataset, root, args.split, out, args.clusters)
-    print(f"wrote {rows.features} embeddings to {out} and {rows.clusters}-means clusters to {rows.csv}")
+    rows = embed_to_files(model, dataset, root, args.split, out, args.clusters, args.skip_bad)
+    _list_skipped(rows.skipped)
+    print(f"wrote {rows.features} embeddings to {path_text(out)} and {rows.clusters}-means clusters to {path_text(rows.csv)}")
     return 0
 
 
@@ -117,7 +127,7 @@ def _export(args: argparse.Namespace) -> int:
 
     run = api.load(args.run_dir)
     out = run.export(args.out, args.format)
-    print(f"wrote the {run.config.method.name} encoder (epoch {run.epoch}) to {out} and its preprocessing to {preprocessing_path(out)}")
+    print(f"wrote the {run.config.method.name} encoder (epoch {run.epoch}) to {path_text(out)} and its preprocessing to {path_text(preprocessing_path(out))}")
     return 0
 
 
@@ -125,8 +135,8 @@ def _report(args: argparse.Namespace) -> int:
     from clusterclr import api
 
     run = api.Run(args.run_dir)
-    print(f"reporting {run.directory} at epoch {run.epoch}", file=sys.stderr)
-    print(f"report: {run.report()}")
+    print(f"reporting {path_text(run.directory.path)} at epoch {run.epoch}", file=sys.stderr)
+    print(f"report: {path_text(run.report())}")
     return 0
 
 
@@ -140,25 +150,28 @@ def _cluster(args: argparse.Namespace) -> int:
                  ("--out", args.out), ("--config", args.config), ("--seed", args.seed), ("--set", args.overrides)) if value not in (None, [])]
         if given:
             raise UserError(f"--resume finishes a cluster run with its saved settings; drop {', '.join(given)} (only --copy-to may be added)")
-        print(f"finishing the cluster run in {args.resume}", file=sys.stderr)
+        print(f"finishing the cluster run in {path_text(args.resume)}", file=sys.stderr)
         result = api.finish_cluster(args.resume, args.copy_to)
     else:
         if args.folder is None or args.clusters is None:
             raise UserError("give the image FOLDER and --clusters K (or --resume RUN_DIR to finish an interrupted run)")
         folder = Path(args.folder)
         out = RunDir(args.out) if args.out else RunDir.new_name("cluster", folder.absolute().name)
-        print(f"clustering {folder} into {args.clusters} clusters -> {out}", file=sys.stderr)
         clusters = args.clusters if args.clusters == "auto" else _positive_int(args.clusters)
+        print(f"clustering {path_text(folder)} into {args.clusters} clusters -> {path_text(out.path)}", file=sys.stderr)
         result = api.cluster(
             folder, clusters, out=out, method=args.method, init=args.init, weights=args.weights, epochs=args.epochs,
             minutes=args.minutes, copy_to=args.copy_to, config=args.config, seed=args.seed, overrides=args.overrides,
         )
     sizes = result.sizes()
+    run_dir = result.run.directory
     print(f"{len(result.paths)} images in {len(sizes)} clusters by {result.by}; sizes: {' '.join(map(str, sizes))}")
-    print(f"clusters: {result.run.directory.clusters_csv}")
-    print(f"report: {result.run.directory.report}")
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} unusable image file(s), listed with why in {path_text(run_dir.skipped_files)}")
+    print(f"clusters: {path_text(run_dir.clusters_csv)}")
+    print(f"report: {path_text(run_dir.report)}")
     if args.copy_to is not None:
-        print(f"copies: {Path(args.copy_to)}/cluster_*/")
+        print(f"copies: {path_text(args.copy_to)}/cluster_*/")
     return 0
 
 
@@ -216,10 +229,11 @@ def _assign(args: argparse.Namespace) -> int:
     from clusterclr import api
     from clusterclr.io import write_text
 
-    found = api.load(args.run_dir).assign(args.images)
+    found = api.load(args.run_dir).assign(args.images, skip_bad=args.skip_bad)
+    _list_skipped(found.skipped)
     table = found.csv()
     if args.out:
-        print(f"assigned {len(found.paths)} images by {found.by} -> {write_text(args.out, table)}", file=sys.stderr)
+        print(f"assigned {len(found.paths)} images by {found.by} -> {path_text(write_text(args.out, table))}", file=sys.stderr)
     else:
         sys.stdout.write(table)
     return 0
@@ -276,14 +290,30 @@ HANDLERS = {
 }
 
 
+def _resume_command(args: argparse.Namespace, run_dir) -> str:
+    """The command line that continues the run of ``args`` in ``run_dir``, or writes a finished run's outputs again."""
+    command = f"clusterclr {_resumable(args)} --resume {shlex.quote(path_text(run_dir))}"
+    if args.command == "cluster" and args.copy_to is not None:
+        command += f" --copy-to {shlex.quote(path_text(args.copy_to))}"
+    return command
+
+
+def _one_line(err: Exception) -> str:
+    # One line even when the message quotes input that holds line breaks.
+    return " ".join(str(err).splitlines())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
     try:
         return HANDLERS[args.command](args)
+    except OutputError as err:
+        print(f"clusterclr: error: {_one_line(err)}; write the outputs again with: {_resume_command(args, err.run_dir)}",
+              file=sys.stderr)
+        return 2
     except UserError as err:
-        # One line even when the message quotes input that holds line breaks.
-        print(f"clusterclr: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
+        print(f"clusterclr: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except FloatingPointError as err:
         print(f"clusterclr: training diverged: {err}", file=sys.stderr)
@@ -292,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         from clusterclr import distributed
 
         if distributed.is_main():  # every process of a torchrun run stops at the same step; one says so
-            print(f"clusterclr: {err}; continue with: clusterclr {_resumable(args)} --resume {err.run_dir}", file=sys.stderr)
+            print(f"clusterclr: {err}; continue with: {_resume_command(args, err.run_dir)}", file=sys.stderr)
         return err.exit_status
     except KeyboardInterrupt:
         print(

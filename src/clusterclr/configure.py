@@ -1,6 +1,6 @@
 """From a configuration tree to a validated ``Config``: the one place settings are checked.
 
-``build_config`` layers a run's sources (``config.layer``) and validates
+``build_config`` layers a run's sources (``layering.layer``) and validates
 them; ``validate`` checks any tree (a saved run's too). Validation
 
 - moves keys that were renamed to their current place, with a warning
@@ -44,7 +44,7 @@ def build_config(
     flags: dict[str, Any] | None = None,
     overrides: list[str] | None = None,
 ) -> Config:
-    """Layer defaults, data set defaults, file, flags and ``--set`` overrides (``config.layer``), then validate.
+    """Layer defaults, data set defaults, file, flags and ``--set`` overrides (``layering.layer``), then validate.
 
     A saved run's config is only validated: its weights file may be gone, the checkpoint holds the weights.
     """

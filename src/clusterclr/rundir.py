@@ -21,14 +21,18 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clusterclr.config import Config
 from clusterclr.configure import validate
 from clusterclr.errors import UserError
 from clusterclr.io import load_newest_checkpoint, previous_checkpoint, write_text
 from clusterclr.layering import read_yaml
+
+if TYPE_CHECKING:
+    from clusterclr.data.base import BadFile
 
 RUNS = Path("runs")  # where runs go unless --out says otherwise
 
@@ -174,10 +178,11 @@ class RunDir:
     def write_config(self, config: Config) -> None:
         write_text(self.config_file, config.to_yaml())
 
-    def write_skipped_files(self, skipped: list[tuple[str, str]]) -> None:
-        """``path<TAB>reason`` per file left out of training; nothing is written when none was."""
+    def write_skipped_files(self, skipped: Sequence[BadFile]) -> None:
+        """``path<TAB>reason`` per file left out of training (paths as ``clusterclr.pathtext`` writes them);
+        nothing is written when none was."""
         if skipped:
-            write_text(self.skipped_files, "".join(f"{path}\t{reason}\n" for path, reason in skipped))
+            write_text(self.skipped_files, "".join(f"{bad.line()}\n" for bad in skipped))
 
 
 def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from clusterclr.clustering.kmeans import assign
 from clusterclr.errors import UserError
 from clusterclr.io import atomic_write
+from clusterclr.pathtext import path_text
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,14 @@ def load_centroids(path: Path, dim: int) -> np.ndarray:
 
 
 def assignments_csv(paths: Sequence[str], assignments: ClusterAssignments) -> str:
-    """``path,cluster,confidence``, one row per image in the given order."""
+    """``path,cluster,confidence``, one row per image in the given order.
+
+    Paths are written by ``path_text`` (any file name, one line of UTF-8);
+    ``clusterclr.path_from_text`` of a ``path`` field gives the exact path back.
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "cluster", "confidence"])
     for path, cluster, confidence in zip(paths, assignments.cluster, assignments.confidence, strict=True):
-        writer.writerow([path, int(cluster), f"{float(confidence):.4f}"])
+        writer.writerow([path_text(path), int(cluster), f"{float(confidence):.4f}"])
     return buffer.getvalue()

@@ -3,17 +3,15 @@
 By the cluster head where the method has one, else by the nearest of the
 k-means centroids the run saved (``centroids.npy``, written by ``cluster``
 and by every report). Images are read as the folder data set reads them and
-resized to the run's training resolution.
+resized to the run's training resolution. A file that cannot be used is an
+error naming it, or, with ``skip_bad`` (``--skip-bad``, or a run trained
+with ``data.skip_bad=true``), left out and listed with why.
 """
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import torch
 
 from clusterclr.build import Model
 from clusterclr.clustering.assignments import (
@@ -21,12 +19,14 @@ from clusterclr.clustering.assignments import (
     assign_to_clusters,
     load_centroids,
 )
-from clusterclr.data.base import ImageDataset
-from clusterclr.data.folder import EXTENSIONS, image_files, try_read
+from clusterclr.data.base import BadFile, ImageDataset, refuse_bad_files
+from clusterclr.data.folder import EXTENSIONS, image_files, read_files
 from clusterclr.errors import UserError
 from clusterclr.evaluate.features import Embeddings, embed
-from clusterclr.progress import progress_bar
+from clusterclr.pathtext import path_text
 from clusterclr.rundir import RunDir
+
+SKIP_FLAG = "--skip-bad"
 
 
 def collect_images(items: list[str]) -> list[Path]:
@@ -42,38 +42,44 @@ def collect_images(items: list[str]) -> list[Path]:
         if path.is_dir():
             files = image_files(path, recursive=True)
             if not files:
-                raise UserError(f"no image files ({' '.join(sorted(EXTENSIONS))}) in {path} or its subfolders")
+                raise UserError(f"no image files ({' '.join(sorted(EXTENSIONS))}) in {path_text(path)} or its subfolders")
             found.update(dict.fromkeys(files))
         elif path.is_file():
             found[path] = None
         else:
-            raise UserError(f"image or folder not found: {item}")
+            raise UserError(f"image or folder not found: {path_text(item)}")
     return list(found)
 
 
-def read_images(paths: list[Path], size: int) -> torch.Tensor:
-    """uint8 N×3×size×size pixels of ``paths``; an unusable file is an error naming it."""
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        pixels = list(progress_bar(pool.map(lambda p: try_read(p, size), paths), total=len(paths), desc="reading", unit="image"))
-    for path, result in zip(paths, pixels):
-        if isinstance(result, str):
-            raise UserError(f"cannot use {path}: {result}")
-    return torch.from_numpy(np.stack(pixels))
+@dataclass(frozen=True)
+class FileEmbeddings:
+    """Image files embedded under a run: those used, in the order given, and those left out."""
+
+    paths: list[Path]
+    embeddings: Embeddings  # rows in ``paths`` order
+    skipped: tuple[BadFile, ...] = ()
 
 
-def embed_files(model: Model, paths: list[Path]) -> Embeddings:
-    """Features (and head probabilities) of image files, read as the folder data set reads them at the run's resolution."""
+def embed_files(model: Model, paths: list[Path], skip_bad: bool = False) -> FileEmbeddings:
+    """Features (and head probabilities) of image files, read as the folder data set reads them at the run's
+    resolution; an unusable file is an error naming it unless ``skip_bad``."""
     height, width = model.method.data.image_size
     if height != width:
         raise UserError(f"the run was trained on {height}×{width} images; image files are read square only")
     if model.method.data.channels != 3:
         raise UserError(f"the run was trained on {model.method.data.channels}-channel images; image files are read as RGB")
-    return embed(model, ImageDataset(read_images(paths, height)))
+    read = read_files(paths, height, "given", progress=True)
+    if not skip_bad:
+        refuse_bad_files(read.bad, SKIP_FLAG)
+    embeddings = embed(model, ImageDataset(read.images))
+    return FileEmbeddings([paths[i] for i in read.kept], embeddings, read.bad)
 
 
-def assign_images(model: Model, run_dir: RunDir, paths: list[Path]) -> tuple[Embeddings, ClusterAssignments]:
+def assign_images(
+    model: Model, run_dir: RunDir, paths: list[Path], skip_bad: bool = False
+) -> tuple[FileEmbeddings, ClusterAssignments]:
     """The clusters of image files under a run: by its cluster head, else by its saved k-means centroids."""
-    embeddings = embed_files(model, paths)
-    probabilities = embeddings.cluster_probabilities
-    centroids = load_centroids(run_dir.centroids, embeddings.features.shape[1]) if probabilities is None else None
-    return embeddings, assign_to_clusters(embeddings.features, probabilities, centroids)
+    embedded = embed_files(model, paths, skip_bad)
+    features, probabilities = embedded.embeddings.features, embedded.embeddings.cluster_probabilities
+    centroids = load_centroids(run_dir.centroids, features.shape[1]) if probabilities is None else None
+    return embedded, assign_to_clusters(features, probabilities, centroids)

@@ -7,17 +7,19 @@ optionally the images are copied into one folder per cluster. The images
 decoded for training and the trained model in memory are what is
 clustered: nothing is read twice.
 
-The default method is SimCLR with k-means on its features: on real photos
-(the CIFAR-10 subset, at a CPU budget) its k-means clusters scored best of
-the methods measured there, and the centre predictor's head collapsed there
-(BENCHMARKS.md); ``--method cc`` or ``center_predictor`` assign by a head.
-With ``--weights FILE`` (a pretrained backbone, ``model.weights``) the
-default is no training: the folder is clustered on the pretrained features.
+The default is SimCLR, then a SCAN clustering stage on its features
+(``commands/stage.py``; ``--set stage=null`` clusters by k-means alone):
+on real photos (the CIFAR-10 subset, at a CPU budget) SimCLR's features
+clustered best of the methods measured there, and the centre predictor's
+head collapsed there (BENCHMARKS.md); ``--method cc`` or
+``center_predictor`` train a cluster head of their own instead. With
+``--weights FILE`` (a pretrained backbone, ``model.weights``) the default
+is no training of the backbone: the folder is clustered on the pretrained
+features.
 """
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,17 +32,23 @@ from clusterclr.clustering.assignments import (
     save_centroids,
 )
 from clusterclr.clustering.metrics import clustering_scores
-from clusterclr.commands.stage import StageResult, fit_stage, with_stage_probabilities
+from clusterclr.commands.copies import check_copy_target, copy_into_clusters, inside
+from clusterclr.commands.stage import (
+    StageResult,
+    fit_stage,
+    saved_stage,
+    with_stage_probabilities,
+)
 from clusterclr.config import Config
 from clusterclr.configure import build_config
 from clusterclr.data.base import ImageDataset
 from clusterclr.data.folder import DEFAULT_IMAGE_SIZE, image_paths, typical_side
-from clusterclr.errors import UserError
+from clusterclr.errors import OutputError, UserError
 from clusterclr.evaluate.clusters import cluster_assignments
 from clusterclr.evaluate.context import EvalContext
 from clusterclr.io import atomic_write, write_text
 from clusterclr.layering import layer, merge, read_yaml
-from clusterclr.progress import progress_bar
+from clusterclr.pathtext import path_text
 from clusterclr.report.content import ReportContent
 from clusterclr.report.write import write_report
 from clusterclr.rundir import RunDir
@@ -81,46 +89,32 @@ class ClusterResult:
     report: Path
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    path, folder = path.resolve(), folder.resolve()
-    return path == folder or folder in path.parents
-
-
 def check_request(request: ClusterRequest) -> int:
     """Refuse bad input before any work; returns the number of image files found."""
     folder = request.folder
     if not folder.exists():
-        raise UserError(f"image folder not found: {folder}")
+        raise UserError(f"image folder not found: {path_text(folder)}")
     if not folder.is_dir():
-        raise UserError(f"{folder} is not a folder; give the folder that holds the images")
+        raise UserError(f"{path_text(folder)} is not a folder; give the folder that holds the images")
     if request.clusters != "auto" and request.clusters < 2:
         raise UserError(f"--clusters must be at least 2 (or auto), got {request.clusters}")
     found = len(image_paths(folder))
     if request.clusters != "auto" and request.clusters > found:
-        raise UserError(f"--clusters {request.clusters} is more than the {found} images in {folder}")
+        raise UserError(f"--clusters {request.clusters} is more than the {found} images in {path_text(folder)}")
     if request.minutes is not None and (request.epochs is not None or not request.minutes > 0):
         raise UserError("--minutes sets the training budget instead of --epochs: give one of them, and a positive number")
     if request.init is not None and not request.init.path.is_dir():
-        raise UserError(f"--init: run directory not found: {request.init}")
+        raise UserError(f"--init: run directory not found: {path_text(request.init.path)}")
     if request.weights is not None and not request.weights.is_file():
-        raise UserError(f"--weights: no weights file at {request.weights}")
+        raise UserError(f"--weights: no weights file at {path_text(request.weights)}")
     if request.init is not None and request.weights is not None:
         raise UserError("--init and --weights both give the backbone to start from; give one of them")
     if request.epochs is not None and request.epochs < 0:
         raise UserError(f"--epochs must be 0 or more, got {request.epochs}")
-    if _inside(request.out.path, folder):
-        raise UserError(f"--out {request.out} is inside the image folder {folder}; choose a folder outside it")
-    _check_copy_target(request.copy_to, folder)
+    if inside(request.out.path, folder):
+        raise UserError(f"--out {path_text(request.out.path)} is inside the image folder {path_text(folder)}; choose a folder outside it")
+    check_copy_target(request.copy_to, folder)
     return found
-
-
-def _check_copy_target(target: Path | None, folder: Path) -> None:
-    if target is None:
-        return
-    if _inside(target, folder):
-        raise UserError(f"--copy-to {target} is inside the image folder {folder}; choose a folder outside it")
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise UserError(f"--copy-to {target} already exists and is not an empty folder; choose a new or empty one")
 
 
 def cluster_config(request: ClusterRequest, images: int) -> Config:
@@ -171,23 +165,6 @@ def cluster_config(request: ClusterRequest, images: int) -> Config:
     return build_config(tree)
 
 
-def copy_into_clusters(paths: tuple[str, ...], clusters: np.ndarray, folder: Path, target: Path) -> None:
-    """Copy each image to ``target/cluster_NN/``; originals are only read.
-
-    Files from subfolders keep their relative path in the name (``a__b.png``),
-    so two files of the same name never overwrite each other.
-    """
-    digits = len(str(int(clusters.max(initial=0))))
-    for path, cluster in progress_bar(list(zip(paths, clusters)), desc="copying", unit="image"):
-        relative = Path(path).resolve().relative_to(folder.resolve())
-        destination = target / f"cluster_{int(cluster):0{digits}d}" / "__".join(relative.parts)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            shutil.copy2(path, destination)
-        except OSError as err:
-            raise UserError(f"cannot copy {path} to {destination}: {err.strerror or err}") from None
-
-
 def cluster_folder(request: ClusterRequest) -> ClusterResult:
     found = check_request(request)
     config = cluster_config(request, found)
@@ -195,58 +172,101 @@ def cluster_folder(request: ClusterRequest) -> ClusterResult:
 
 
 def resume_cluster_folder(run_dir: RunDir, copy_to: Path | None = None) -> ClusterResult:
-    """Finish a ``cluster`` run that stopped in training: continue it exactly, then write what ``cluster`` writes."""
+    """Finish a ``cluster`` run that stopped in training: continue it exactly, then write what ``cluster`` writes.
+
+    On a run whose training is done this trains no further and writes its outputs again.
+    """
     config, _, _ = run_dir.read()
     if config.data.dataset != "folder" or config.clusters is None:
         raise UserError(f"{run_dir} was not made by `clusterclr cluster`; continue it with: clusterclr train --resume {run_dir}")
     folder = Path(config.data.root)
     if not folder.is_dir():
-        raise UserError(f"the run's image folder is gone: {folder}")
-    _check_copy_target(copy_to, folder)
+        raise UserError(f"the run's image folder is gone: {path_text(folder)}")
+    check_copy_target(copy_to, folder)
     trained = resume_run(run_dir)
     request = ClusterRequest(folder=folder, clusters=config.clusters, out=run_dir, copy_to=copy_to, resumed=True)
     return write_clusters(trained, request)
 
 
 def write_clusters(trained: TrainedRun, request: ClusterRequest) -> ClusterResult:
-    """Cluster every image of the folder with the trained model: CSV, embeddings, centroids, report, optional copies."""
+    """Cluster every image of the folder with the trained model: CSV, embeddings, centroids, report, optional copies.
+
+    Training is finished and checkpointed by now, and nothing here may lose
+    it: any failure is an ``OutputError`` naming the output being written;
+    ``cluster --resume`` on the finished run writes them all again.
+    """
     parts, run_dir, config = trained.parts, trained.run_dir, trained.parts.config
     data = parts.splits.read  # every image of the folder, as training read it (a class tree holds some out of training)
-    ctx = EvalContext(parts, "folder", data, data, "train", request.clusters, progress=False)
-    stage = None
-    if config.stage is not None:
-        record = read_stage(run_dir.cluster_stage)
-        resume = request.resumed and record is not None and record["head"] is None
-        embeddings = ctx.embeddings("bank")
-        stage = fit_stage(parts, run_dir, trained.epoch, embeddings.features, config.stage, config.stage.clusters or ctx.clusters,
-                          ctx.choice, config.train.progress, resume)
-        ctx.set_embeddings("bank", with_stage_probabilities(embeddings, stage.head))
-    centroids, assignments = cluster_assignments(ctx)
-    save_centroids(run_dir.centroids, centroids)
     paths = data.sources
-    features = ctx.embeddings("test").features.numpy().astype(np.float32)
-    atomic_write(run_dir.embeddings, lambda f: np.save(f, features))
-    csv = write_text(run_dir.clusters_csv, assignments_csv(paths, assignments))
+    ctx = EvalContext(parts, "folder", data, data, "train", request.clusters, progress=False)
+    stage = _cluster_stage(trained, request, ctx)
+    writing: Path | str = "the clusters"
+    try:
+        centroids, assignments = cluster_assignments(ctx)
+        features = ctx.embeddings("test").features.numpy().astype(np.float32)
+        writing = run_dir.centroids
+        save_centroids(run_dir.centroids, centroids)
+        writing = run_dir.embeddings
+        atomic_write(run_dir.embeddings, lambda f: np.save(f, features))
+        writing = run_dir.clusters_csv
+        csv = write_text(run_dir.clusters_csv, assignments_csv(paths, assignments))
+        writing = run_dir.report
+        report = write_report(run_dir, _report_content(trained, request, ctx, assignments, stage))
+        if request.copy_to is not None:
+            writing = request.copy_to
+            copy_into_clusters(paths, assignments.cluster, Path(config.data.root), request.copy_to)
+    except Exception as err:
+        raise OutputError.of(err, writing, run_dir) from err
+    return ClusterResult(config, paths, assignments, features, trained, csv, report)
+
+
+def _cluster_stage(trained: TrainedRun, request: ClusterRequest, ctx: EvalContext) -> StageResult | None:
+    """The run's clustering stage on the features of every image, its head giving ``ctx``'s cluster probabilities.
+
+    A run finished before keeps the stage it has; one stopped inside the stage continues it.
+    """
+    config, run_dir = trained.parts.config, trained.run_dir
+    if config.stage is None:
+        return None
+    record = read_stage(run_dir.cluster_stage) if request.resumed else None
+    embeddings = ctx.embeddings("bank")
+    if record is not None and record["head"] is not None and record["epoch"] == trained.epoch:
+        stage = saved_stage(record)
+        trained.parts.cluster_stage = stage.head.to(trained.parts.device)
+    else:
+        stage = fit_stage(
+            trained.parts, run_dir, trained.epoch, embeddings.features, config.stage, config.stage.clusters or ctx.clusters,
+            ctx.choice, config.train.progress, resume=record is not None and record["head"] is None,
+        )
+    ctx.set_embeddings("bank", with_stage_probabilities(embeddings, stage.head))
+    return stage
+
+
+def _report_content(
+    trained: TrainedRun, request: ClusterRequest, ctx: EvalContext, assignments: ClusterAssignments, stage: StageResult | None
+) -> ReportContent:
+    parts, run_dir, config = trained.parts, trained.run_dir, trained.parts.config
+    data = parts.splits.read
+    folder = path_text(request.folder)
     if config.model.weights is not None:
-        initial_weights = f"{config.model.weights} ({config.model.weights_format})"
+        initial_weights = f"{path_text(config.model.weights)} ({config.model.weights_format})"
     elif request.resumed:
         initial_weights = "not recorded (resumed run)"  # --init is not part of the saved config
     else:
-        initial_weights = str(request.init) if request.init else "none (trained from scratch)"
-    content = ReportContent(
-        title=f"{assignments.clusters} clusters of {request.folder}"
-        + ("" if ctx.choice is None else f" (K chosen by {ctx.choice.criterion})"),
-        images_described=f"all {len(data)} images in {request.folder}",
+        initial_weights = path_text(request.init.path) if request.init else "none (trained from scratch)"
+    return ReportContent(
+        title=f"{assignments.clusters} clusters of {folder}" + ("" if ctx.choice is None else f" (K chosen by {ctx.choice.criterion})"),
+        images_described=f"all {len(data)} images in {folder}",
         images=data.images,
         features=ctx.embeddings("test").features,
         assignments=assignments,
         labels=None if data.labels is None else data.labels.numpy(),
         class_names=data.class_names,
-        sources=paths,
+        sources=data.sources,
         metrics=_metrics(data, assignments, run_dir, stage),
         log=read_log(run_dir.log),
         settings={
-            "folder": str(request.folder),
+            "folder": folder,
             "method": config.method.name,
             "initial weights": initial_weights,
             "backbone": config.model.describe(),
@@ -256,10 +276,6 @@ def write_clusters(trained: TrainedRun, request: ClusterRequest) -> ClusterResul
         seed=config.seed,
         choice=ctx.choice,
     )
-    report = write_report(run_dir, content)
-    if request.copy_to is not None:
-        copy_into_clusters(paths, assignments.cluster, Path(config.data.root), request.copy_to)
-    return ClusterResult(config, paths, assignments, features, trained, csv, report)
 
 
 def _metrics(data: ImageDataset, assignments: ClusterAssignments, run_dir: RunDir, stage: StageResult | None) -> dict[str, Any]:

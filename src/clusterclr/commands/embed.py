@@ -10,13 +10,15 @@ from pathlib import Path
 import numpy as np
 
 from clusterclr.build import Model
+from clusterclr.commands.assign import SKIP_FLAG
 from clusterclr.configure import resolve_clusters
-from clusterclr.data.base import ImageDataset, concat
+from clusterclr.data.base import BadFile, ImageDataset, concat
 from clusterclr.data.registry import load_raw
 from clusterclr.data.splits import resize, with_channels
 from clusterclr.errors import UserError
 from clusterclr.evaluate.context import EvalContext
 from clusterclr.io import atomic_write, write_text
+from clusterclr.pathtext import path_text
 
 SPLITS = ("train", "test", "unlabeled")
 
@@ -26,13 +28,16 @@ class Written:
     features: str  # "N×D"
     clusters: int
     csv: Path
+    skipped: tuple[BadFile, ...]  # unusable image files left out (skip_bad)
 
 
-def _chosen_splits(dataset: str, root: str | None, split: str, model: Model) -> list[tuple[str, ImageDataset]]:
-    """The requested splits in file order, at the resolution and channels the model was trained on."""
+def _chosen_splits(
+    dataset: str, root: str | None, split: str, model: Model, skip_bad: bool
+) -> tuple[list[tuple[str, ImageDataset]], tuple[BadFile, ...]]:
+    """The requested splits in file order, at the resolution and channels the model was trained on,
+    and the image files left out as unusable."""
     height, width = model.method.data.image_size
-    # Files the run was told to skip when training are skipped here too (and so have no row).
-    raw = load_raw(dataset, root, height if height == width else None, skip_bad=model.config.data.skip_bad)
+    raw = load_raw(dataset, root, height if height == width else None, skip_bad=skip_bad, skip_hint=SKIP_FLAG)
     available = {"train": raw.train, "test": raw.test, "unlabeled": raw.unlabeled}
     names = SPLITS if split == "all" else (split,)
     chosen = [(name, available[name]) for name in names if available[name] is not None]
@@ -46,18 +51,25 @@ def _chosen_splits(dataset: str, root: str | None, split: str, model: Model) -> 
     chosen = [(name, with_channels(part, channels)[0]) for name, part in chosen]
     if height == width:
         chosen = [(name, resize(part, height)) for name, part in chosen]
-    return chosen
+    return chosen, raw.bad_files
 
 
-def embed_to_files(model: Model, dataset: str, root: str | None, split: str, out: Path, clusters: int | None) -> Written:
+def embed_to_files(
+    model: Model, dataset: str, root: str | None, split: str, out: Path, clusters: int | None, skip_bad: bool | None = None
+) -> Written:
     """Write ``out`` (.npy, N × D float32 backbone features) and a CSV beside it.
 
     CSV columns: split, index (the row within that split, in file order),
-    source (file path, for folders), label (if known), cluster (k-means on
-    the L2-normalised features), and, for methods with a cluster head,
-    head_cluster and head_confidence.
+    source (file path, for folders, as ``path_text`` writes it), label (if
+    known), cluster (k-means on the L2-normalised features), and, for methods
+    with a cluster head, head_cluster and head_confidence. An unusable image
+    file is an error naming it unless ``skip_bad`` (by default: whether the
+    run was trained with ``data.skip_bad``); then it has no row and is listed
+    in ``Written.skipped``.
     """
-    chosen = _chosen_splits(dataset, root, split, model)
+    if skip_bad is None:
+        skip_bad = model.config.data.skip_bad
+    chosen, skipped = _chosen_splits(dataset, root, split, model, skip_bad)
     data = concat([part for _, part in chosen])
     k = resolve_clusters(
         clusters if clusters is not None else model.clusters,
@@ -81,7 +93,7 @@ def embed_to_files(model: Model, dataset: str, root: str | None, split: str, out
             fields = [
                 name,
                 i,
-                "" if part.sources is None else part.sources[i],
+                "" if part.sources is None else path_text(part.sources[i]),
                 "" if part.labels is None else int(part.labels[i]),
                 int(assignments[row]),
             ]
@@ -91,4 +103,4 @@ def embed_to_files(model: Model, dataset: str, root: str | None, split: str, out
             writer.writerow(fields)
             row += 1
     csv_path = write_text(out.with_suffix(".csv"), buffer.getvalue())
-    return Written(f"{features.shape[0]}×{features.shape[1]}", k, csv_path)
+    return Written(f"{features.shape[0]}×{features.shape[1]}", k, csv_path, skipped)

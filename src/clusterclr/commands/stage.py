@@ -80,6 +80,13 @@ def fit_stage(
     return StageResult(head, settings.loss, clusters, choice, result.head_losses.tolist(), result.kept_head)
 
 
+def saved_stage(record: dict[str, Any]) -> StageResult:
+    """The finished stage saved in a run, as ``fit_stage`` returned it."""
+    choice = None if record["choice"] is None else KChoice(**record["choice"])
+    head = StageHead.from_saved(record["head"])
+    return StageResult(head, record["settings"]["loss"], record["clusters"], choice, record["head_losses"], record["kept_head"])
+
+
 def stage_run(
     run_dir: RunDir, clusters: int | str | None = None, overrides: dict[str, Any] | None = None, progress: bool = True,
     resume: bool = False,

@@ -7,11 +7,13 @@ on the device.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from clusterclr.errors import UserError
+from clusterclr.pathtext import path_text
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,22 @@ class BadFile:
 
     path: str
     reason: str
+
+    def line(self) -> str:
+        """``path<TAB>reason`` on one line, both written as ``path_text`` writes a path."""
+        return f"{path_text(self.path)}\t{path_text(self.reason)}"
+
+
+def refuse_bad_files(bad: Sequence[BadFile], skip_hint: str, prefix: str = "") -> None:
+    """An error naming the first of ``bad`` (and how many more) and ``skip_hint``, how to skip them; none if none."""
+    if not bad:
+        return
+    more = len(bad) - 1
+    raise UserError(
+        f"{prefix}cannot use {path_text(bad[0].path)}: {bad[0].reason}"
+        + (f" (and {more} more bad file{'s' if more > 1 else ''})" if more else "")
+        + f"; fix or remove it, or skip bad files with {skip_hint}"
+    )
 
 
 @dataclass(frozen=True)

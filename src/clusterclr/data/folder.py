@@ -1,10 +1,13 @@
 """A folder of image files, in one of two layouts.
 
 - Class tree: root/<class>/... image files (searched recursively inside each
-  class folder); labelled, class names are the sorted folder names.
+  class folder); labelled, class names are the sorted folder names (as
+  text: ``path_text`` escapes what a name cannot show, such as non-UTF-8 bytes).
 - Flat: image files directly in root; unlabelled.
 
 Having both image files in root and class folders is ambiguous and refused.
+Sources are the files' paths exactly as the file system gives them (any
+bytes; see ``clusterclr.pathtext`` for how they are written out).
 Every image is turned upright (EXIF orientation) and made RGB uint8; its
 shorter side is resized to image_size (default 64), then it is center-cropped
 to image_size×image_size. Order is by sorted path.
@@ -18,15 +21,19 @@ into an error naming the file unless ``data.skip_bad`` is set.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
 
 from clusterclr.data.base import BadFile, ImageDataset, RawSplits
 from clusterclr.errors import UserError
+from clusterclr.pathtext import path_text
 
 EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 DEFAULT_IMAGE_SIZE = 64
@@ -41,28 +48,43 @@ def load(root: Path | None, image_size: int | None = None) -> RawSplits:
     if size < 1:
         raise UserError(f"folder: image size must be positive, got {size}")
     if not root.is_dir():
-        raise UserError(f"folder: {root} is not a directory")
+        raise UserError(f"folder: {path_text(root)} is not a directory")
     direct, classes = _layout(root)
     paths = direct or [p for files in classes.values() for p in files]
     labels = [i for i, files in enumerate(classes.values()) for _ in files]  # empty when flat
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        pixels = list(pool.map(lambda p: try_read(p, size), paths))
-
-    bad = tuple(BadFile(str(path), result) for path, result in zip(paths, pixels) if isinstance(result, str))
-    keep = [i for i, result in enumerate(pixels) if not isinstance(result, str)]
-    if not keep:
-        raise UserError(
-            f"folder: none of the {len(paths)} image files in {root} could be read; e.g. {bad[0].path}: {bad[0].reason}"
-        )
+    read = read_files(paths, size, f"in {path_text(root)}")
     return RawSplits(
         train=ImageDataset(
-            images=torch.from_numpy(np.stack([pixels[i] for i in keep])),
-            labels=None if direct else torch.tensor([labels[i] for i in keep], dtype=torch.int64),
-            class_names=None if direct else tuple(classes),
-            sources=tuple(str(paths[i]) for i in keep),
+            images=read.images,
+            labels=None if direct else torch.tensor([labels[i] for i in read.kept], dtype=torch.int64),
+            class_names=None if direct else tuple(map(path_text, classes)),
+            sources=tuple(str(paths[i]) for i in read.kept),
         ),
-        bad_files=bad,
+        bad_files=read.bad,
     )
+
+
+@dataclass(frozen=True)
+class ReadFiles:
+    """Image files decoded: the usable ones' pixels and positions, and the others with why."""
+
+    images: torch.Tensor  # uint8 N×3×size×size, the usable files in the order given
+    kept: list[int]  # their positions among the files given
+    bad: tuple[BadFile, ...]
+
+
+def read_files(paths: Sequence[Path], size: int, where: str, progress: bool = False) -> ReadFiles:
+    """Decode ``paths`` (in threads) at ``size``; an error naming ``where`` they are when none is usable."""
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        results = pool.map(lambda p: try_read(p, size), paths)
+        pixels = list(tqdm(results, total=len(paths), desc="reading", unit="image") if progress else results)
+    bad = tuple(BadFile(str(path), result) for path, result in zip(paths, pixels) if isinstance(result, str))
+    kept = [i for i, result in enumerate(pixels) if not isinstance(result, str)]
+    if not kept:
+        raise UserError(
+            f"none of the {len(paths)} image files {where} could be read; e.g. {path_text(bad[0].path)}: {bad[0].reason}"
+        )
+    return ReadFiles(torch.from_numpy(np.stack([pixels[i] for i in kept])), kept, bad)
 
 
 def image_paths(root: Path) -> list[Path]:
@@ -90,11 +112,11 @@ def _layout(root: Path) -> tuple[list[Path], dict[str, list[Path]]]:
     classes = {d.name: files for d in sorted(_subdirs(root)) if (files := image_files(d, recursive=True))}
     if direct and classes:
         raise UserError(
-            f"folder: {root} has image files both directly inside it and in subfolders "
-            f"(e.g. {', '.join(list(classes)[:3])}); use only class folders (labelled) or only files (unlabelled)"
+            f"folder: {path_text(root)} has image files both directly inside it and in subfolders "
+            f"(e.g. {', '.join(map(path_text, list(classes)[:3]))}); use only class folders (labelled) or only files (unlabelled)"
         )
     if not direct and not classes:
-        raise UserError(f"folder: no image files ({' '.join(sorted(EXTENSIONS))}) in {root} or its subfolders")
+        raise UserError(f"folder: no image files ({' '.join(sorted(EXTENSIONS))}) in {path_text(root)} or its subfolders")
     return direct, classes
 
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clusterclr.data import cifar, digits, folder, mnist, npz, stl10
-from clusterclr.data.base import RawSplits
+from clusterclr.data.base import RawSplits, refuse_bad_files
 from clusterclr.errors import UserError
+from clusterclr.pathtext import path_text
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,18 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
-def load_raw(name: str, root: str | Path | None, image_size: int | None = None, skip_bad: bool = False) -> RawSplits:
+def load_raw(
+    name: str,
+    root: str | Path | None,
+    image_size: int | None = None,
+    skip_bad: bool = False,
+    skip_hint: str = "--set data.skip_bad=true",
+) -> RawSplits:
     """Read data set ``name`` from ``root`` (ignored by sets that need none).
 
-    An image file that cannot be used is an error naming it, unless
-    ``skip_bad``: then it is left out and listed in ``bad_files``.
+    An image file that cannot be used is an error naming it (and ``skip_hint``,
+    the caller's way to skip), unless ``skip_bad``: then it is left out and
+    listed in ``bad_files``.
     """
     spec = DATASETS.get(name)
     if spec is None:
@@ -52,13 +60,8 @@ def load_raw(name: str, root: str | Path | None, image_size: int | None = None, 
         if path is None:
             raise UserError(f"dataset {name!r} needs --data-root pointing at {spec.description}")
         if not path.exists():
-            raise UserError(f"dataset {name!r}: --data-root {path} does not exist")
+            raise UserError(f"dataset {name!r}: --data-root {path_text(path)} does not exist")
     raw = spec.load(path, image_size)
-    if raw.bad_files and not skip_bad:
-        first, more = raw.bad_files[0], len(raw.bad_files) - 1
-        raise UserError(
-            f"{name}: cannot use {first.path}: {first.reason}"
-            + (f" (and {more} more bad file{'s' if more > 1 else ''})" if more else "")
-            + "; fix or remove it, or skip bad files with --set data.skip_bad=true"
-        )
+    if not skip_bad:
+        refuse_bad_files(raw.bad_files, skip_hint, f"{name}: ")
     return raw

@@ -12,6 +12,7 @@ from clusterclr.config import DataConfig
 from clusterclr.data.base import BadFile, ImageDataset, concat
 from clusterclr.data.registry import load_raw
 from clusterclr.errors import UserError
+from clusterclr.pathtext import path_text
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def load_splits(cfg: DataConfig) -> DataSplits:
         first = raw.bad_files[0]
         warnings.warn(
             f"{cfg.dataset}: skipped {len(raw.bad_files)} bad file(s) (data.skip_bad=true), "
-            f"e.g. {first.path}: {first.reason}",
+            f"e.g. {path_text(first.path)}: {first.reason}",
             stacklevel=2,
         )
     labelled_train = raw.train
@@ -107,7 +108,10 @@ def load_splits(cfg: DataConfig) -> DataSplits:
         test, eval_split = raw.train, "train"
     else:
         kept, held = holdout_indices(raw.train, cfg.holdout_fraction, cfg.split_seed)
-        labelled_train, test, eval_split = raw.train.subset(kept), raw.train.subset(held), "holdout"
+        if len(held):
+            labelled_train, test, eval_split = raw.train.subset(kept), raw.train.subset(held), "holdout"
+        else:  # too few images per class to hold any out (tiny class folders): nothing to score, as without labels
+            test, eval_split = ImageDataset(raw.train.images, sources=raw.train.sources), "train"
     train = labelled_train if raw.unlabeled is None else concat([labelled_train, raw.unlabeled])
     splits = [train, labelled_train, test, raw.train]
     # Converted once per distinct split: without a holdout, train, bank and read are one data set.

@@ -14,6 +14,7 @@ from clusterclr.build import Parts
 from clusterclr.clustering.assignments import ClusterAssignments, save_centroids
 from clusterclr.evaluate.clusters import cluster_assignments
 from clusterclr.evaluate.context import EvalContext
+from clusterclr.pathtext import path_text
 from clusterclr.rundir import RunDir
 from clusterclr.runlog import read_log
 from clusterclr.stage.choose_k import KChoice
@@ -47,7 +48,7 @@ def run_settings(parts: Parts, epoch: int) -> dict[str, Any]:
     return {
         "method": cfg.method.name,
         "data set": parts.splits.name,
-        "data root": cfg.data.root or "",
+        "data root": path_text(cfg.data.root) if cfg.data.root else "",
         "backbone": cfg.model.describe(),
         "image size": "×".join(map(str, parts.method.data.image_size)),
         "epochs": f"{epoch} of {cfg.train.epochs}",

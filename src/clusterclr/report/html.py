@@ -2,7 +2,9 @@
 
 Every string that comes from outside this module (file and class names,
 config values, metric names) passes through ``text`` before it reaches the
-page, so a file called ``<script>…`` is shown, never run.
+page, so a file called ``<script>…`` is shown, never run; file paths are
+first made text by ``path_text`` (so a name with bytes that are not UTF-8
+shows them as ``\\xHH``, as every other output writes it).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from clusterclr.pathtext import path_text
 from clusterclr.report.content import ReportContent
 from clusterclr.stage.duplicates import DUPLICATE_THRESHOLD
 
@@ -97,12 +100,12 @@ def _plots(plots: Sequence[Plot]) -> str:
 def _caption(content: ReportContent, row: int) -> tuple[str, str]:
     """(short caption, full description for the tooltip) of one shown image."""
     source = content.sources[row] if content.sources is not None else None
-    name = os.path.basename(source) if source else f"#{row}"
+    name = path_text(os.path.basename(source)) if source else f"#{row}"
     parts = [f"{content.assignments.confidence[row]:.2f}"]
     if content.labels is not None:
         label = int(content.labels[row])
         parts.append(content.class_names[label] if content.class_names else str(label))
-    return f"{name} · {' · '.join(parts)}", source or name
+    return f"{name} · {' · '.join(parts)}", path_text(source) if source else name
 
 
 def _cluster_heading(content: ReportContent, cluster: int) -> str:

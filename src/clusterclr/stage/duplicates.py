@@ -34,6 +34,7 @@ import scipy.sparse as sp
 import torch
 from scipy.sparse.csgraph import connected_components
 
+from clusterclr.pathtext import path_text
 from clusterclr.stage.graph import NeighbourGraph
 
 DUPLICATE_THRESHOLD = 0.98
@@ -97,4 +98,5 @@ def atypical_rows(ranked: Sequence[tuple[int, float]], sources: Sequence[str] | 
 
 
 def _source(sources: Sequence[str] | None, image: int) -> str:
-    return "" if sources is None else sources[image]
+    """A row's file path as CSV text (``path_text``: any file name, one line)."""
+    return "" if sources is None else path_text(sources[image])

@@ -13,7 +13,7 @@ from clusterclr import distributed
 from clusterclr.build import DATA_KEYS, Parts, backbone_state, build_parts
 from clusterclr.config import Config
 from clusterclr.configure import validate
-from clusterclr.errors import UserError
+from clusterclr.errors import OutputError, UserError
 from clusterclr.evaluate.context import EvalContext
 from clusterclr.evaluate.results import update_metrics
 from clusterclr.evaluate.standard import evaluate_parts
@@ -65,7 +65,7 @@ def start_run(config: Config, run_dir: RunDir, init: RunDir | None = None, minut
             print(f"{minutes:g} minutes of training: about {per_epoch:.1f} s per epoch here, so {epochs} epochs", file=sys.stderr)
     if distributed.is_main():
         run_dir.write_config(config)
-        run_dir.write_skipped_files([(bad.path, bad.reason) for bad in parts.splits.skipped])
+        run_dir.write_skipped_files(parts.splits.skipped)
     trainer.save()  # epoch 0: evaluate and embed work even on a run stopped in its first epoch
     return _train(trainer)
 
@@ -83,7 +83,7 @@ def resume_run(run_dir: RunDir) -> TrainedRun:
     _check_same_data(state["data_info"], asdict(trainer.method.data), path)
     trainer.restore(state, path)
     if distributed.is_main():
-        run_dir.write_skipped_files([(bad.path, bad.reason) for bad in trainer.parts.splits.skipped])
+        run_dir.write_skipped_files(trainer.parts.splits.skipped)
     return _train(trainer)
 
 
@@ -120,9 +120,13 @@ def _train(trainer: Trainer) -> TrainedRun:
     try:
         with trainer.stop.listening():
             trainer.fit(log)
-        ctx = EvalContext.of(parts, progress=False)
-        metrics = finish(parts, run_dir, trainer.epoch, ctx)
-        log.write("eval", trainer.step, metrics)
+        # Training is done and checkpointed: from here a failure names the output and keeps the run.
+        try:
+            ctx = EvalContext.of(parts, progress=False)
+            metrics = finish(parts, run_dir, trainer.epoch, ctx)
+            log.write("eval", trainer.step, metrics)
+        except Exception as err:
+            raise OutputError.of(err, run_dir.metrics, run_dir) from err
     finally:
         log.close()
     if trainer.config.train.report:
@@ -130,7 +134,10 @@ def _train(trainer: Trainer) -> TrainedRun:
             report_run,  # matplotlib and t-SNE load only when a report is wanted
         )
 
-        report_run(parts, run_dir, trainer.epoch, ctx)
+        try:
+            report_run(parts, run_dir, trainer.epoch, ctx)
+        except Exception as err:
+            raise OutputError.of(err, run_dir.report, run_dir) from err
     return TrainedRun(run_dir, parts, trainer.epoch, metrics)
 
 

@@ -1,0 +1,135 @@
+"""The clustering stage in use: `clusterclr stage` on a run, end to end, `cluster --clusters auto`, look-alikes, resuming."""
+
+import csv
+import io
+import signal
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import clusterclr
+from clusterclr.cli import main
+from clusterclr.commands import stage as stage_command
+from clusterclr.errors import Interrupted, UserError
+from clusterclr.rundir import RunDir
+from clusterclr.stage.store import read_stage
+
+TINY = {
+    "model.width": 0.125, "optim.batch_size": 128, "train.epochs": 2, "train.progress": False,
+    "train.eval_every": 0, "method.projection_hidden_dim": 32, "method.projection_dim": 16,
+}
+FAST_STAGE = {"epochs": 3, "heads": 3}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return clusterclr.train(overrides=TINY, out=tmp_path_factory.mktemp("stage") / "run")
+
+
+def test_a_stage_gives_the_run_a_cluster_head_everything_uses(trained, tmp_path):
+    metrics = trained.fit_stage(4, FAST_STAGE, progress=False)
+    assert {"head_nmi", "head_acc", "head_ari"} <= metrics.keys() and len(metrics["head_cluster_sizes"]) == 4
+    record = read_stage(trained.directory.cluster_stage)
+    assert record["clusters"] == 4 and record["kept_head"] == int(np.argmin(record["head_losses"]))
+    loaded = clusterclr.load(trained.directory.path)
+    assert loaded.model.cluster_stage is not None and "4 clusters, head" in loaded.stage_summary()
+    embedded = loaded.embed(torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8))
+    assert embedded.cluster_probabilities.shape == (6, 4)
+    torch.testing.assert_close(embedded.cluster_probabilities.sum(1), torch.ones(6))
+    sections = loaded.evaluate(["head"])
+    assert sections["head"]["settings"]["clusters"] == 4
+    out = loaded.export(tmp_path / "encoder.safetensors")
+    assert out.with_name(out.name + ".json").read_text().count("cluster_probabilities") >= 1
+
+
+def test_bad_stage_input_is_a_one_line_error(trained, capsys):
+    assert main(["stage", str(trained.directory), "--clusters", "5000"]) == 2
+    assert "cannot make 5000 clusters" in capsys.readouterr().err
+    assert main(["stage", str(trained.directory), "--set", "stage.loss=kmeans"]) == 2
+    assert "'stage.loss'" in capsys.readouterr().err
+    assert main(["stage", str(trained.directory), "--set", "optim.lr=1"]) == 2
+    assert "stage.KEY=VALUE" in capsys.readouterr().err
+    with pytest.raises(UserError, match="'eval.auto_clusters'"):
+        clusterclr.make_config(overrides={"eval.auto_clusters": [3, 3]})
+
+
+class _StopAfterSevenSteps:
+    """A stop request that arrives after the stage's seventh step (mid-epoch: five steps make one), as a Ctrl-C would."""
+
+    def __init__(self):
+        self.checks = 0
+
+    @property
+    def signal(self):
+        self.checks += 1
+        return signal.SIGINT if self.checks > 7 else None
+
+    @contextmanager
+    def listening(self):
+        yield
+
+
+def test_an_interrupted_stage_resumes_exactly(trained, monkeypatch):
+    settings = {**FAST_STAGE, "epochs": 4}
+    clusterclr.Run(trained.directory).fit_stage(3, settings, progress=False)
+    expected = read_stage(trained.directory.cluster_stage)["head"]["state"]
+    with monkeypatch.context() as patched:
+        patched.setattr(stage_command, "StopRequest", _StopAfterSevenSteps)
+        with pytest.raises(Interrupted):
+            clusterclr.Run(trained.directory).fit_stage(3, settings, progress=False)
+    saved = read_stage(trained.directory.cluster_stage)
+    assert saved["head"] is None and (saved["progress"]["epoch"], saved["progress"]["step"]) == (1, 2)
+    clusterclr.Run(trained.directory).fit_stage(resume=True, progress=False)
+    resumed = read_stage(trained.directory.cluster_stage)["head"]["state"]
+    for key, value in expected.items():
+        assert torch.equal(resumed[key], value), key
+
+
+def test_end_to_end_fine_tunes_a_new_run_with_a_head(trained, tmp_path):
+    tuned = trained.fit_stage_end_to_end(tmp_path / "scan", epochs=1, self_label_epochs=1, clusters=4, settings={"heads": 2})
+    assert tuned.config.method.name == "scan" and tuned.config.positives.encoder == str(trained.directory.path)
+    assert tuned.metrics["epoch"] == 2 and "head_nmi" in tuned.metrics
+    initial = trained.backbone.state_dict()
+    moved = [name for name, value in tuned.backbone.state_dict().items() if not torch.equal(value.cpu(), initial[name].cpu())]
+    assert moved, "the backbone was fine-tuned"
+
+
+def _colour_folder(root, colours, per_colour=12, size=16, duplicates=0):
+    """Flat images of a few plain colours with noise (planted clusters), plus exact copies of the first few."""
+    root.mkdir()
+    g = np.random.default_rng(0)
+    for c, colour in enumerate(colours):
+        for i in range(per_colour):
+            pixels = np.clip(np.array(colour) + g.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / f"c{c}_{i:02d}.png")
+    for i in range(duplicates):
+        (root / f"copy_{i}.png").write_bytes((root / f"c0_{i:02d}.png").read_bytes())
+    return root
+
+
+def test_cluster_auto_finds_the_planted_number_of_clusters_and_its_report_shows_the_curve(tmp_path):
+    folder = _colour_folder(tmp_path / "colours", [(230, 30, 30), (30, 200, 40), (40, 60, 230)])
+    found = clusterclr.cluster(folder, "auto", epochs=1, out=tmp_path / "run", overrides=[
+        "model.width=0.125", "eval.auto_clusters=[2,6]", "stage.epochs=5", "train.progress=false"])
+    assert found.assignments.clusters == 3
+    page = RunDir(tmp_path / "run").report.read_text(encoding="utf-8")
+    assert "k_choice.png" in page and "K chosen by silhouette" in page
+    truth = np.array([int(p.rsplit("/", 1)[1][1]) for p in found.paths])
+    assert max(np.mean(found.cluster[truth == c] == np.bincount(found.cluster[truth == c]).argmax()) for c in range(3)) == 1.0
+
+
+def test_planted_near_duplicates_are_grouped_in_the_report_and_csv(tmp_path):
+    folder = _colour_folder(tmp_path / "photos", [(200, 40, 40), (40, 40, 200)], per_colour=10, duplicates=2)
+    clusterclr.cluster(folder, 2, epochs=1, out=tmp_path / "run",
+                       overrides=["model.width=0.125", "stage=null", "train.progress=false"])
+    run = RunDir(tmp_path / "run")
+    rows = list(csv.DictReader(io.StringIO(run.near_duplicates_csv.read_text(encoding="utf-8"))))
+    groups = {}
+    for row in rows:
+        groups.setdefault(row["group"], set()).add(row["source"].rsplit("/", 1)[1])
+    for i in range(2):
+        assert any({f"c0_{i:02d}.png", f"copy_{i}.png"} <= members for members in groups.values())
+    assert "Near-duplicates" in run.report.read_text(encoding="utf-8") and run.atypical_csv.is_file()
