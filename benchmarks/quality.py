@@ -24,13 +24,13 @@ from machine import append_result
 
 import clusterclr
 from clusterclr.build import build_parts
-from clusterclr.config import read_yaml
 from clusterclr.configure import build_config
 from clusterclr.data.splits import load_splits
 from clusterclr.errors import UserError
 from clusterclr.evaluate.context import EvalContext
 from clusterclr.evaluate.features import Embeddings
 from clusterclr.evaluate.standard import evaluate_parts
+from clusterclr.layering import read_yaml
 from clusterclr.rundir import RunDir
 from clusterclr.runlog import read_log
 

@@ -49,10 +49,10 @@ import torch
 from machine import append_result  # benchmarks/ is on the path when a script here runs
 
 from clusterclr.build import Parts, build_model, select_device, select_precision
-from clusterclr.config import read_yaml
 from clusterclr.configure import build_config
 from clusterclr.data.base import ImageDataset
 from clusterclr.data.splits import DataSplits
+from clusterclr.layering import read_yaml
 from clusterclr.methods.base import DataInfo
 from clusterclr.models.backbones import ResNet
 from clusterclr.rundir import RunDir

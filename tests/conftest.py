@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 import torch
 
 
@@ -10,3 +11,26 @@ def pytest_configure(config):
     # oversubscribe the machine, and the tests' tiny models gain nothing from intra-op threads.
     if os.environ.get("PYTEST_XDIST_WORKER"):
         torch.set_num_threads(1)
+
+
+@pytest.fixture
+def interrupt_after_epoch(monkeypatch):
+    """``interrupt_after_epoch(config, out, epoch=1)`` trains ``config`` into ``out`` and stops it as a crash
+    would, right after the checkpoint at the end of ``epoch``; ``clusterclr.resume(out)`` then continues it."""
+    from clusterclr import api
+    from clusterclr.training.loop import Trainer
+
+    def interrupt(config, out, epoch: int = 1) -> None:
+        save = Trainer.save
+
+        def save_then_crash(self):
+            save(self)
+            if self.epoch == epoch:
+                raise KeyboardInterrupt
+
+        with monkeypatch.context() as patched:
+            patched.setattr(Trainer, "save", save_then_crash)
+            with pytest.raises(KeyboardInterrupt):
+                api.train(config, out=out)
+
+    return interrupt

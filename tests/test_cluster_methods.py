@@ -8,12 +8,13 @@ import clusterclr
 from clusterclr.build import build_parts
 from clusterclr.cli import main
 from clusterclr.clustering.kmeans import kmeans
+from clusterclr.config import OptimConfig
 from clusterclr.configure import build_config
 from clusterclr.errors import UserError
 from clusterclr.evaluate.standard import head_cluster_sizes
 from clusterclr.methods.base import Batch
 from clusterclr.methods.training_images import TrainingImages
-from clusterclr.optim import parameter_groups
+from clusterclr.optim import optimizer_groups
 
 TINY = [
     "model.width=0.125",
@@ -54,7 +55,7 @@ def test_centres_get_no_weight_decay_and_every_loss_reaches_them():
     parts = build_parts(build_config(flags={"method.name": "center_predictor"}, overrides=TINY))
     method = parts.method
     method.on_epoch_start(0, training_images(parts))
-    decayed = parameter_groups(method, 5e-4, exclude_bias_and_norm=False)[0]["params"]
+    decayed = optimizer_groups(method, OptimConfig(weight_decay=5e-4, exclude_bias_and_norm=False))[0]["params"]
     assert all(p is not method.centres.centres for p in decayed)
     images = parts.splits.train.images[:32]
     for weights in (["cluster_weight", 1.0, "anchor_weight", 0.0], ["cluster_weight", 0.0, "anchor_weight", 1.0]):

@@ -2,9 +2,9 @@ import warnings
 
 import pytest
 
-from clusterclr.config import parse_override
 from clusterclr.configure import build_config, validate
 from clusterclr.errors import UserError
+from clusterclr.layering import parse_override
 
 
 def test_defaults_are_the_digits_simclr_recipe():

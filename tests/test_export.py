@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from weight_files import dinov2_checkpoint
 
 import clusterclr
 from clusterclr.build import load_model
@@ -34,14 +35,26 @@ def restore_threads():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module", params=["simclr", "center_predictor"])
+@pytest.fixture(scope="module", params=["simclr", "center_predictor", "vit"])
 def run(request, tmp_path_factory) -> Path:
-    """A one-epoch run on digits; center_predictor's centres are set at its start, so it has a head."""
-    run = tmp_path_factory.mktemp(request.param) / "run"
+    """A one-epoch run on digits; center_predictor's centres are set at its start, so it has a head; vit is
+    SimCLR from a tiny ViT in DINOv2's official layout (its images repeated into 3 channels, at 16 px)."""
+    directory = tmp_path_factory.mktemp(request.param)
+    method, extra = request.param, []
+    if request.param == "vit":
+        torch.save(dinov2_checkpoint(64, 1, patch=4, grid=4), directory / "dinov2.pth")
+        method, extra = "simclr", [f"model.weights={directory / 'dinov2.pth'}", "data.image_size=16"]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # one epoch is too short for a balanced cluster head; it warns so
-        clusterclr.train(build_config(flags={"method.name": request.param, "train.epochs": 1}, overrides=TINY), out=run)
-    return run
+        # One epoch is too short for a balanced cluster head, it warns so; the weights replace model.width.
+        warnings.simplefilter("ignore")
+        clusterclr.train(build_config(flags={"method.name": method, "train.epochs": 1}, overrides=TINY + extra), out=directory / "run")
+    return directory / "run"
+
+
+def input_shape(run: Path) -> tuple[int, int, int]:
+    """(channels, height, width) of the run's normalised input."""
+    info = load_checkpoint(RunDir(run).checkpoint)["data_info"]
+    return (info["channels"], *info["image_size"])
 
 
 def reference_outputs(run: Path, images: torch.Tensor) -> list[np.ndarray]:
@@ -87,7 +100,7 @@ def run_outside(out: Path, images: torch.Tensor, tmp_path: Path) -> list[np.ndar
 
 def test_torchscript_and_onnx_give_the_models_outputs_without_clusterclr(run, tmp_path):
     pytest.importorskip("onnxruntime")
-    images = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    images = torch.randn(5, *input_shape(run), generator=torch.Generator().manual_seed(0))
     expected = reference_outputs(run, images)
     assert len(expected) == (2 if "center_predictor" in str(run) else 1)
     for fmt, suffix in (("torchscript", ".pt"), ("onnx", ".onnx")):
@@ -121,7 +134,7 @@ def test_safetensors_hold_the_encoder_and_reload_into_the_architecture(run, tmp_
     assert json.loads(metadata["preprocessing"]) == json.loads(preprocessing_path(out).read_text())
 
     # A fresh encoder of the same architecture, given these tensors, computes the trained model's outputs.
-    images = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    images = torch.randn(4, *input_shape(run), generator=torch.Generator().manual_seed(1))
     fresh, _ = load_model(RunDir(run))
     for parameter in fresh.method.parameters():
         parameter.data.zero_()
@@ -136,7 +149,7 @@ def test_safetensors_hold_the_encoder_and_reload_into_the_architecture(run, tmp_
 
 
 def outside_loads(out: Path, tmp_path: Path) -> bool:
-    return len(run_outside(out, torch.zeros(1, 1, 8, 8), tmp_path)) == 1
+    return len(run_outside(out, torch.zeros(1, 3, 8, 8), tmp_path)) == 1  # not run: any images will do
 
 
 def test_preprocessing_json_says_how_to_feed_the_model(run, tmp_path):
@@ -145,7 +158,7 @@ def test_preprocessing_json_says_how_to_feed_the_model(run, tmp_path):
     settings = json.loads(preprocessing_path(out).read_text())
     state = load_checkpoint(RunDir(run).checkpoint)
     assert settings["format"] == "torchscript" and settings["file"] == "encoder.pt"
-    assert settings["input"]["channels"] == 1 and (settings["input"]["height"], settings["input"]["width"]) == (8, 8)
+    assert (settings["input"]["channels"], settings["input"]["height"], settings["input"]["width"]) == input_shape(run)
     assert settings["input"]["mean"] == state["normalisation"]["mean"]
     assert settings["input"]["std"] == state["normalisation"]["std"]
     assert settings["outputs"]["features"]["dim"] == load_model(RunDir(run))[0].method.backbone.feature_dim
@@ -153,6 +166,12 @@ def test_preprocessing_json_says_how_to_feed_the_model(run, tmp_path):
     assert ("cluster_probabilities" in settings["outputs"]) == has_head
     if has_head:
         assert settings["outputs"]["cluster_probabilities"]["clusters"] == 10
+    architecture = settings["architecture"]
+    if "vit" in str(run):  # DINOv2's statistics and its ViT, as recorded from the weights
+        assert settings["input"]["mean"] == [0.485, 0.456, 0.406] and settings["initial_weights"]["format"] == "dinov2"
+        assert architecture["backbone"] == "vit" and architecture["patch_size"] == 4 and architecture["dim"] == 64
+    else:
+        assert architecture == {"backbone": "resnet18", "in_channels": 1, "stem": "cifar", "width": 0.125}
 
 
 @pytest.mark.parametrize(("args", "message"), [

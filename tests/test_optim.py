@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from clusterclr.config import OptimConfig
-from clusterclr.optim import LARS, build_optimizer, lr_at, parameter_groups, peak_lr
+from clusterclr.optim import LARS, build_optimizer, lr_at, optimizer_groups, peak_lr
 
 
 def test_warmup_then_cosine():
@@ -24,7 +24,7 @@ def test_peak_lr_scales_with_batch():
 
 def test_biases_and_norms_skip_weight_decay():
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
-    decay, no_decay = parameter_groups(model, 0.1, exclude_bias_and_norm=True)
+    decay, no_decay = optimizer_groups(model, OptimConfig(weight_decay=0.1, exclude_bias_and_norm=True))
     assert [p.ndim for p in decay["params"]] == [2]
     assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) == 3
 

@@ -11,12 +11,12 @@ import os
 import pickle
 import re
 import zipfile
-from collections import OrderedDict
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from weight_files import CLIP, dinov2_checkpoint, torchvision_resnet
 
 from clusterclr.errors import UserError
 from clusterclr.models.pretrained import CLIP_MEAN, IMAGENET_MEAN, load_pretrained
@@ -206,16 +206,7 @@ def test_timm_vit_small_file_loads_strictly(tmp_path):
 
 
 def test_official_dinov2_vit_s14_with_registers_loads_strictly(tmp_path):
-    shapes = {"cls_token": (1, 1, 384), "pos_embed": (1, 1370, 384), "register_tokens": (1, 4, 384)}
-    shapes |= {"mask_token": (1, 384), "patch_embed.proj.weight": (384, 3, 14, 14), "patch_embed.proj.bias": (384,)}
-    shapes |= {"norm.weight": (384,), "norm.bias": (384,)}
-    for i in range(12):
-        block = {"norm1": (384,), "attn.qkv": (1152, 384), "attn.proj": (384, 384), "norm2": (384,)}
-        block |= {"mlp.fc1": (1536, 384), "mlp.fc2": (384, 1536)}
-        for part, shape in block.items():
-            shapes |= {f"blocks.{i}.{part}.weight": shape, f"blocks.{i}.{part}.bias": shape[:1]}
-        shapes |= {f"blocks.{i}.ls1.gamma": (384,), f"blocks.{i}.ls2.gamma": (384,)}
-    torch.save({k: torch.randn(s) for k, s in shapes.items()}, tmp_path / "dinov2_vits14_reg4_pretrain.pth")
+    torch.save(dinov2_checkpoint(384, 12, patch=14, grid=37, registers=4), tmp_path / "dinov2_vits14_reg4_pretrain.pth")
     loaded = load_pretrained(tmp_path / "dinov2_vits14_reg4_pretrain.pth")
     assert loaded.family == "dinov2" and loaded.spec.name == "vit_small"
     kwargs = loaded.spec.kwargs
@@ -292,72 +283,6 @@ def test_open_clip_checkpoint_matches_transformers(tmp_path):
     assert torch.equal(rebuilt(x), loaded.backbone(x))
 
 
-class QuickGELU(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
-
-
-class ResidualAttentionBlock(nn.Module):
-    """OpenAI CLIP's block (clip/model.py), sequence-first as there."""
-
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.attn = nn.MultiheadAttention(width, heads)
-        self.ln_1 = nn.LayerNorm(width)
-        layers = [("c_fc", nn.Linear(width, 4 * width)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(4 * width, width))]
-        self.mlp = nn.Sequential(OrderedDict(layers))
-        self.ln_2 = nn.LayerNorm(width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.ln_1(x)
-        x = x + self.attn(y, y, y, need_weights=False)[0]
-        return x + self.mlp(self.ln_2(x))
-
-
-class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int) -> None:
-        super().__init__()
-        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads) for _ in range(layers)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.resblocks(x)
-
-
-class VisionTransformer(nn.Module):
-    """OpenAI CLIP's image tower (clip/model.py), tiny."""
-
-    def __init__(self, resolution: int = 28, patch: int = 7, width: int = 32, layers: int = 2, heads: int = 4) -> None:
-        super().__init__()
-        output_dim = 16
-        self.conv1 = nn.Conv2d(3, width, patch, patch, bias=False)
-        self.class_embedding = nn.Parameter(torch.randn(width))
-        self.positional_embedding = nn.Parameter(torch.randn((resolution // patch) ** 2 + 1, width))
-        self.ln_pre = nn.LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads)
-        self.ln_post = nn.LayerNorm(width)
-        self.proj = nn.Parameter(torch.randn(width, output_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x)
-        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
-        cls = self.class_embedding.to(x.dtype) + torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype)
-        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
-        x = self.ln_pre(x).permute(1, 0, 2)
-        x = self.transformer(x).permute(1, 0, 2)
-        return self.ln_post(x[:, 0, :]) @ self.proj
-
-
-class CLIP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.visual = VisionTransformer()
-        self.token_embedding = nn.Embedding(10, 32)
-        self.logit_scale = nn.Parameter(torch.ones([]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.visual(x) * self.logit_scale
-
-
 @scripting
 def test_openai_torchscript_archive_loads_without_running_it(tmp_path, monkeypatch):
     model = randomize(CLIP()).half()  # OpenAI's archives hold half-precision weights
@@ -421,42 +346,6 @@ def test_resnets_match_transformers_in_both_layouts(tmp_path, bottleneck, name):
             assert loaded.spec.kwargs == {"in_channels": 3, "stem": "imagenet", "width": 0.125}
             assert loaded.preprocessing.mean == IMAGENET_MEAN and loaded.preprocessing.patch_size is None
             assert_features(loaded.backbone.eval()(x), expected)
-
-
-def torchvision_resnet(bottleneck: bool, blocks: tuple[int, ...], counters: bool) -> dict:
-    """Every tensor of torchvision's resnet18/resnet50 state dict with its shape, random values."""
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def batch_norm(prefix: str, channels: int) -> None:
-        for t in ("weight", "bias", "running_mean", "running_var"):
-            shapes[f"{prefix}.{t}"] = (channels,)
-        if counters:
-            shapes[f"{prefix}.num_batches_tracked"] = ()
-
-    shapes["conv1.weight"] = (64, 3, 7, 7)
-    batch_norm("bn1", 64)
-    channels_in = 64
-    for stage, (count, planes) in enumerate(zip(blocks, (64, 128, 256, 512))):
-        out = planes * (4 if bottleneck else 1)
-        for b in range(count):
-            prefix = f"layer{stage + 1}.{b}"
-            if bottleneck:
-                convs = [(planes, channels_in, 1), (planes, planes, 3), (out, planes, 1)]
-            else:
-                convs = [(planes, channels_in, 3), (planes, planes, 3)]
-            for k, (o, i, size) in enumerate(convs, 1):
-                shapes[f"{prefix}.conv{k}.weight"] = (o, i, size, size)
-                batch_norm(f"{prefix}.bn{k}", o)
-            if b == 0 and (stage > 0 or channels_in != out):
-                shapes[f"{prefix}.downsample.0.weight"] = (out, channels_in, 1, 1)
-                batch_norm(f"{prefix}.downsample.1", out)
-            channels_in = out
-    shapes |= {"fc.weight": (1000, channels_in), "fc.bias": (1000,)}
-    generator = torch.Generator().manual_seed(2)
-    return {
-        k: torch.tensor(5) if k.endswith("tracked") else torch.rand(shape, generator=generator) + 0.1
-        for k, shape in shapes.items()
-    }
 
 
 @pytest.mark.parametrize(

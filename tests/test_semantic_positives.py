@@ -26,7 +26,6 @@ from clusterclr.positives.semantic import (
 from clusterclr.positives.views import own_key, same_image
 from clusterclr.rundir import RunDir
 from clusterclr.runlog import read_log
-from clusterclr.training.loop import Trainer
 
 TINY = ["model.width=0.125", "optim.batch_size=128", "train.progress=false", "train.report=false", "train.eval_every=0", "train.log_every=1"]
 HEADS = {
@@ -363,23 +362,14 @@ def test_an_encoder_for_other_images_or_a_missing_one_is_a_clear_error(tmp_path)
         parts.method.on_epoch_start(0, training_images(parts))
 
 
-def test_resumed_sepp_run_equals_uninterrupted_run(tmp_path, monkeypatch):
+def test_resumed_sepp_run_equals_uninterrupted_run(tmp_path, interrupt_after_epoch):
     overrides = TINY + HEADS["simclr"] + ["train.checkpoint_every=1", "positives.warmup_epochs=0", "positives.refresh_every=2"]
     config = build_config(flags={"method.name": "sepp_simclr", "train.epochs": 2}, overrides=overrides)
     whole = tmp_path / "whole"
     clusterclr.train(config, out=whole)
-    save = Trainer.save
-
-    def save_then_crash(self):
-        save(self)
-        if self.epoch == 1:  # after a mining epoch and before the next one: resumes on the saved pairs
-            raise KeyboardInterrupt
-
     interrupted = tmp_path / "interrupted"
-    monkeypatch.setattr(Trainer, "save", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        clusterclr.train(config, out=interrupted)
-    monkeypatch.setattr(Trainer, "save", save)
+    # After a mining epoch and before the next one: resumes on the saved pairs.
+    interrupt_after_epoch(config, interrupted, epoch=1)
     clusterclr.resume(interrupted)
 
     def losses(run):

@@ -10,7 +10,6 @@ from clusterclr.cli import main
 from clusterclr.configure import build_config
 from clusterclr.rundir import RunDir
 from clusterclr.runlog import read_log
-from clusterclr.training.loop import Trainer
 
 TINY = [
     "model.width=0.125",
@@ -32,23 +31,13 @@ def step_losses(run_dir):
     return [(r["step"], r["loss"]) for r in read_log(RunDir(run_dir).log) if r["kind"] == "step"]
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
+def test_resumed_run_equals_uninterrupted_run(tmp_path, interrupt_after_epoch):
     config = tiny_config(3)
     whole = tmp_path / "whole"
     clusterclr.train(config, out=whole)
 
-    save = Trainer.save
-
-    def save_then_crash(self):
-        save(self)
-        if self.epoch == 1:
-            raise KeyboardInterrupt
-
     interrupted = tmp_path / "interrupted"
-    monkeypatch.setattr(Trainer, "save", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        clusterclr.train(config, out=interrupted)
-    monkeypatch.setattr(Trainer, "save", save)
+    interrupt_after_epoch(config, interrupted, epoch=1)
     clusterclr.resume(interrupted)
 
     assert step_losses(interrupted) == step_losses(whole)

@@ -154,6 +154,7 @@ def cluster(
     out: PathLike | None = None,
     method: str | None = None,
     init: PathLike | None = None,
+    weights: PathLike | None = None,
     epochs: int | None = None,
     minutes: float | None = None,
     copy_to: PathLike | None = None,
@@ -163,14 +164,15 @@ def cluster(
 ) -> Clusters:
     """Learn from a folder of images and group them into ``clusters`` (a number, or "auto"), as ``clusterclr cluster`` does.
 
-    ``minutes``: a training budget in time instead of ``epochs``.
+    ``minutes``: a training budget in time instead of ``epochs``. ``weights``: a pretrained weights file to
+    start from; without ``epochs`` (or ``minutes``) its features are clustered as they are.
     """
     folder = Path(folder)
     run_dir = RunDir(out) if out is not None else RunDir.new_name("cluster", folder.absolute().name)
     request = ClusterRequest(
         folder=folder, clusters=clusters, out=run_dir, method=method, init=None if init is None else RunDir(init),
-        epochs=epochs, copy_to=None if copy_to is None else Path(copy_to), config_file=config, seed=seed,
-        overrides=list(overrides), minutes=minutes,
+        weights=None if weights is None else Path(weights), epochs=epochs, copy_to=None if copy_to is None else Path(copy_to),
+        config_file=config, seed=seed, overrides=list(overrides), minutes=minutes,
     )
     return _clusters(cluster_folder(request))
 

@@ -82,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--clusters", metavar="K", help="number of clusters, or auto to choose it (required unless --resume)")
     cluster.add_argument("--method", help="registered method (default: simclr, with k-means on its features)")
     cluster.add_argument("--init", metavar="RUN_DIR", help="start from this run's trained backbone (fine-tune)")
-    cluster.add_argument("--epochs", type=int, help="training epochs (default: 100; 0 clusters --init's features as they are)")
+    cluster.add_argument("--weights", metavar="FILE",
+                         help="start from a pretrained backbone's weights file (ResNet, DINOv2, CLIP, ...; see README)")
+    cluster.add_argument("--epochs", type=int,
+                         help="training epochs (default: 100, or 0 with --weights; 0 clusters the initial features as they are)")
     cluster.add_argument("--minutes", type=float, help="train for as many epochs as fit in this many minutes here, instead of --epochs")
     cluster.add_argument("--out", help="run directory (default: runs/cluster-FOLDER-TIME)")
     cluster.add_argument("--copy-to", metavar="DIR", help="also copy the images into DIR/cluster_NN/ (originals untouched)")

@@ -24,16 +24,19 @@ from clusterclr.augment import (
     chunked_channel_stats,
     recipe_for,
 )
-from clusterclr.config import Config
+from clusterclr.config import Config, ModelConfig
 from clusterclr.configure import resolve_clusters, validate
 from clusterclr.data.loading import statistics_chunks
 from clusterclr.data.splits import DataSplits, load_splits
 from clusterclr.errors import UserError
 from clusterclr.io import load_checkpoint
-from clusterclr.methods.base import DataInfo, Method
+from clusterclr.methods.base import DataInfo, Method, freeze
 from clusterclr.methods.registry import get_method
-from clusterclr.models.backbones import build_backbone, resolve_stem
-from clusterclr.positives.sampler import SemanticPositives
+from clusterclr.models.backbone_spec import BackboneSpec
+from clusterclr.models.backbones import resolve_stem
+from clusterclr.models.pretrained import load_pretrained
+from clusterclr.positives.encoders import RunEncoder, WeightsEncoder
+from clusterclr.positives.sampler import SemanticPositives, TrainedEncoder
 from clusterclr.rundir import RunDir
 from clusterclr.stage.head import StageHead
 from clusterclr.stage.store import read_stage
@@ -123,9 +126,11 @@ def build_model(
         tuple(normalisation["mean"]),
         tuple(normalisation["std"]),
     ).to(device)
-    backbone = build_backbone(config.model.backbone, data.channels, resolve_stem(config.model.stem, data.image_size), config.model.width)
+    backbone = _build_backbone(backbone_spec(config.model, data.channels, data.image_size), data.channels)
     if backbone_weights is not None:
         _load_backbone(backbone, backbone_weights)
+    if config.optim.backbone_lr_scale == 0:
+        freeze(backbone)  # before the method copies it (momentum encoders), so the copies are frozen too
     method_cls = get_method(config.method.name)
     parts = {}
     if issubclass(method_cls, SemanticPositives):
@@ -135,6 +140,34 @@ def build_model(
     if config.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
     return Model(config, device, select_precision(config.train.precision, device), views, method, normalisation)
+
+
+def backbone_spec(model: ModelConfig, channels: int, image_size: tuple[int, int]) -> BackboneSpec:
+    """The backbone ``model`` describes for ``channels``-channel images of ``image_size``: the architecture
+    recorded from a weights file, else a ResNet or a ViT from the model keys."""
+    if model.architecture is not None:
+        return BackboneSpec(model.backbone, dict(model.architecture))
+    if not model.is_vit:
+        return BackboneSpec(model.backbone, {"in_channels": channels, "stem": resolve_stem(model.stem, image_size), "width": model.width})
+    side, patch = min(image_size), model.patch_size
+    if side < patch:
+        raise UserError(f"model.patch_size={patch} is larger than the {side}-px images; set data.image_size (at least {patch}) or a smaller patch")
+    activation = "gelu" if model.activation == "auto" else model.activation
+    # The position grid is laid out for the training images; other sizes resample it.
+    return BackboneSpec(model.backbone, {
+        "patch_size": patch, "image_size": side // patch * patch, "in_channels": channels, "pooling": model.pooling,
+        "activation": activation,
+    })
+
+
+def _build_backbone(spec: BackboneSpec, channels: int) -> torch.nn.Module:
+    takes = spec.kwargs.get("in_channels", channels)
+    if takes != channels:
+        raise UserError(f"the backbone takes {takes}-channel images but the training images have {channels}; set data.channels={takes}")
+    try:
+        return spec.build()
+    except (TypeError, ValueError) as err:
+        raise UserError(f"model.architecture does not build a {spec.name}: {err}") from None
 
 
 def build_parts(
@@ -148,12 +181,19 @@ def build_parts(
         torch.set_num_threads(config.train.num_threads)
     splits = load_splits(config.data)
     train = splits.train
-    if len(train) < config.optim.batch_size:
+    if config.train.epochs and len(train) < config.optim.batch_size:
         raise UserError(f"the training split has {len(train)} images, fewer than optim.batch_size={config.optim.batch_size}")
     clusters = resolve_clusters(config.clusters, splits.num_classes, len(splits.bank), f"data set '{splits.name}'")
+    if normalisation is None and config.data.mean is not None:
+        normalisation = {"mean": list(config.data.mean), "std": list(config.data.std)}
     if normalisation is None:
         mean, std = chunked_channel_stats(statistics_chunks(train.images)) if train.streamed else channel_stats(train.images)
         normalisation = {"mean": list(mean), "std": list(std)}
+    if len(normalisation["mean"]) != train.channels:
+        raise UserError(
+            f"the normalisation has {len(normalisation['mean'])} values (data.mean, data.std) but the images have "
+            f"{train.channels} channels; set data.channels={len(normalisation['mean'])} or give {train.channels} values"
+        )
     data = DataInfo(len(train), splits.num_classes, train.channels, train.image_size, clusters)
     model = build_model(config, data, normalisation, backbone_weights)
     return Parts(**vars(model), splits=splits)
@@ -223,14 +263,32 @@ def attach_stage(model: Model, run_dir: RunDir, epoch: int) -> None:
 def load_encoder(path: Path, device: torch.device) -> Model:
     """A trained model, from a run directory or a checkpoint file, on ``device``: to encode other data with."""
     checkpoint = RunDir(path).checkpoint if path.is_dir() else path
-    state = load_checkpoint(checkpoint)
+    return _encoding_model(load_checkpoint(checkpoint), checkpoint, device)
+
+
+def _encoding_model(state: dict, checkpoint: Path, device: torch.device) -> Model:
     config = validate(state["config"], source=f"config in {checkpoint}")
     config.train.device = str(device)  # wherever it was trained, it encodes where it is needed
     return _rebuild(config, state)
 
 
-def _encoder_loader(path: Path) -> Callable[[torch.device], Model]:
-    return lambda device: load_encoder(path, device)
+def load_mining_encoder(path: Path, device: torch.device) -> TrainedEncoder:
+    """SePP's given encoder (``positives.encoder``) on ``device``: a run directory or checkpoint, or a pretrained weights file."""
+    if path.is_dir() or not path.is_file():
+        return RunEncoder(load_encoder(path, device), str(path))
+    try:
+        state = load_checkpoint(path)
+    except UserError as not_a_checkpoint:
+        try:
+            pretrained = load_pretrained(path)
+        except UserError as err:
+            raise UserError(f"positives.encoder {path} is no clusterclr checkpoint ({not_a_checkpoint}) and no weights file clusterclr reads ({err})") from None
+        return WeightsEncoder.of(pretrained, str(path), device)
+    return RunEncoder(_encoding_model(state, path, device), str(path))
+
+
+def _encoder_loader(path: Path) -> Callable[[torch.device], TrainedEncoder]:
+    return lambda device: load_mining_encoder(path, device)
 
 
 def _rebuild(config: Config, state: dict) -> Model:

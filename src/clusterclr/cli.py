@@ -146,8 +146,8 @@ def _cluster(args: argparse.Namespace) -> int:
 
     if args.resume:
         given = [flag for flag, value in (("FOLDER", args.folder), ("--clusters", args.clusters), ("--method", args.method),
-                 ("--init", args.init), ("--epochs", args.epochs), ("--minutes", args.minutes), ("--out", args.out),
-                 ("--config", args.config), ("--seed", args.seed), ("--set", args.overrides)) if value not in (None, [])]
+                 ("--init", args.init), ("--weights", args.weights), ("--epochs", args.epochs), ("--minutes", args.minutes),
+                 ("--out", args.out), ("--config", args.config), ("--seed", args.seed), ("--set", args.overrides)) if value not in (None, [])]
         if given:
             raise UserError(f"--resume finishes a cluster run with its saved settings; drop {', '.join(given)} (only --copy-to may be added)")
         print(f"finishing the cluster run in {path_text(args.resume)}", file=sys.stderr)
@@ -160,8 +160,8 @@ def _cluster(args: argparse.Namespace) -> int:
         clusters = args.clusters if args.clusters == "auto" else _positive_int(args.clusters)
         print(f"clustering {path_text(folder)} into {args.clusters} clusters -> {path_text(out.path)}", file=sys.stderr)
         result = api.cluster(
-            folder, clusters, out=out, method=args.method, init=args.init, epochs=args.epochs, minutes=args.minutes,
-            copy_to=args.copy_to, config=args.config, seed=args.seed, overrides=args.overrides,
+            folder, clusters, out=out, method=args.method, init=args.init, weights=args.weights, epochs=args.epochs,
+            minutes=args.minutes, copy_to=args.copy_to, config=args.config, seed=args.seed, overrides=args.overrides,
         )
     sizes = result.sizes()
     run_dir = result.run.directory

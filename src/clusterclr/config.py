@@ -1,21 +1,13 @@
-"""The configuration schema, and how a run's configuration tree is layered from its sources.
+"""The configuration schema: every section and key, with its default (a CPU-friendly recipe: a narrow ResNet-18).
 
-A run's configuration is built in layers, each overriding the one before:
-
-1. the defaults below (a CPU-friendly recipe: a narrow ResNet-18),
-2. the data set's own defaults (``DATASET_DEFAULTS``, e.g. no flips for digits),
-3. a YAML file (``--config``),
-4. the CLI's named flags (``--method``, ``--epochs``, ...),
-5. ``--set key.path=value`` overrides (values parsed as YAML).
-
-This module only declares the sections and layers the tree (``layer``);
-``clusterclr.configure`` validates it into a ``Config``, including the
-method's own options, which each method declares as a ``MethodOptions``.
+This module only declares the sections; ``clusterclr.layering`` builds a
+run's configuration tree from its sources, and ``clusterclr.configure``
+validates it into a ``Config``, including the method's own options, which
+each method declares as a ``MethodOptions``.
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -34,8 +26,6 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
-
-from clusterclr.errors import UserError
 
 
 class _Section(BaseModel):
@@ -62,11 +52,24 @@ class DataConfig(_Section):
     # DataLoader processes that decode streamed images; None: the machine's cores shared by its
     # training processes, one kept for each, at most 8 each.
     workers: NonNegativeInt | None = None
+    # Convert every image to this many channels (grey repeated into RGB, RGB to BT.601 luminance);
+    # None keeps the data set's. Pretrained weights set it to the channels they take.
+    channels: Literal[1, 3] | None = None
+    # Normalise with these per-channel statistics (in [0, 1] units) instead of the training images' own;
+    # pretrained weights set them to those of the images they were trained on.
+    mean: list[float] | None = None
+    std: list[PositiveFloat] | None = None
 
     @field_validator("root")
     @classmethod
     def _absolute(cls, root: str | None) -> str | None:
         return None if root is None else str(Path(root).expanduser().absolute())
+
+    @model_validator(mode="after")
+    def _statistics_together(self) -> DataConfig:
+        if (self.mean is None) != (self.std is None) or (self.mean is not None and len(self.mean) != len(self.std)):
+            raise ValueError("mean and std go together, one value per channel each")
+        return self
 
 
 class AugmentConfig(_Section):
@@ -101,10 +104,44 @@ class AugmentConfig(_Section):
 
 
 class ModelConfig(_Section):
-    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
-    # auto: the CIFAR stem (no downsampling) up to 64 px, the ImageNet stem above.
+    """The backbone: a ResNet or a ViT, trained from scratch or started from a pretrained weights file.
+
+    ``weights`` (a file: ``clusterclr.models.pretrained``) decides the
+    architecture: ``backbone``, ``architecture`` and the ResNet's ``stem`` and
+    ``width`` or the ViT's ``patch_size`` are filled in from it (set them only
+    to confirm what it holds), so the run's checkpoint rebuilds without the file.
+    """
+
+    # vit: a ViT of another shape, which only a recorded architecture (from weights) describes.
+    backbone: Literal["resnet18", "resnet34", "resnet50", "vit_small", "vit_base", "vit_large", "vit"] = "resnet18"
+    # ResNets. auto: the CIFAR stem (no downsampling) up to 64 px, the ImageNet stem above.
     stem: Literal["auto", "cifar", "imagenet"] = "auto"
     width: PositiveFloat = 0.25
+    # ViTs: patch side, features (the class token, or it beside the mean patch token), and the MLP's
+    # activation (auto: GELU, or the weights' family's: QuickGELU for OpenAI's CLIP).
+    patch_size: PositiveInt = 16
+    pooling: Literal["cls", "cls+mean"] = "cls"
+    activation: Literal["auto", "gelu", "quick_gelu"] = "auto"
+    # A pretrained weights file to start from, and its layout (auto: told from its tensors' names).
+    # Stored absolute, like data.root.
+    weights: str | None = None
+    weights_format: str = "auto"
+    # The backbone builder's arguments, recorded from the weights file; not for editing by hand.
+    architecture: dict[str, Any] | None = None
+
+    @field_validator("weights")
+    @classmethod
+    def _absolute(cls, weights: str | None) -> str | None:
+        return None if weights is None else str(Path(weights).expanduser().absolute())
+
+    @property
+    def is_vit(self) -> bool:
+        return self.backbone.startswith("vit")
+
+    def describe(self) -> str:
+        """The backbone in a few words, e.g. "resnet18 ×0.25" or "vit_small/14 (dinov2 weights)"."""
+        shape = f"{self.backbone}/{self.patch_size}" if self.is_vit else f"{self.backbone} ×{self.width:g}"
+        return shape + (f" ({self.weights_format} weights)" if self.weights else "")
 
 
 class MethodOptions(BaseModel):
@@ -166,6 +203,9 @@ class OptimConfig(_Section):
     # LARS trust coefficient η, and whether the layer-wise rate is capped at lr (as solo-learn does).
     lars_eta: PositiveFloat = 0.001
     lars_clip: bool = False
+    # Multiplies the backbone's learning rate: below 1 fine-tunes a pretrained backbone gently; 0 freezes
+    # it (no gradients computed, batch norm kept on its running statistics) so only the heads train.
+    backbone_lr_scale: NonNegativeFloat = 1.0
 
 
 class TrainConfig(_Section):
@@ -309,84 +349,3 @@ class Config(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
-
-# Properties of a data set that change what a sensible default is.
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    # Mirrored digits are other symbols: no flips for glyph data.
-    "digits": {"augment": {"flip_prob": 0.0}},
-    "mnist": {"augment": {"flip_prob": 0.0}},
-}
-
-
-def layer(
-    config_file: str | Path | dict[str, Any] | None = None,
-    flags: dict[str, Any] | None = None,
-    overrides: list[str] | None = None,
-) -> dict[str, Any]:
-    """The configuration tree: data set defaults, then the file, the flags and the ``--set`` overrides.
-
-    ``config_file`` is a YAML path or an already-read mapping. ``flags`` maps
-    dotted keys to values (``{"train.epochs": 5}``); None values are ignored.
-    The schema's own defaults fill in the rest at validation.
-    """
-    if isinstance(config_file, dict):
-        user = copy.deepcopy(config_file)
-    else:
-        user = read_yaml(config_file) if config_file else {}
-    for key, value in (flags or {}).items():
-        if value is not None:
-            _set_path(user, key.split("."), value)
-    for text in overrides or []:
-        path, value = parse_override(text)
-        _set_path(user, path, value)
-    data = user.get("data")
-    dataset = data.get("dataset", DataConfig().dataset) if isinstance(data, dict) else DataConfig().dataset
-    return merge(DATASET_DEFAULTS.get(str(dataset), {}), user)
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"optim.lr=0.1"`` -> (["optim", "lr"], 0.1); the value is read as YAML."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise UserError(f"--set expects key=value (e.g. optim.lr=0.1), got {text!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return key.strip().split("."), value
-
-
-def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
-    node = tree
-    for i, part in enumerate(path[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise UserError(f"--set {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a section")
-        node = child
-    node[path[-1]] = value
-
-
-def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file not found: {path}")
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise UserError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}") from None
-    if tree is None:
-        return {}
-    if not isinstance(tree, dict):
-        raise UserError(f"config file {path} must hold a mapping of sections, got {type(tree).__name__}")
-    return tree

@@ -1,6 +1,6 @@
 """From a configuration tree to a validated ``Config``: the one place settings are checked.
 
-``build_config`` layers a run's sources (``config.layer``) and validates
+``build_config`` layers a run's sources (``layering.layer``) and validates
 them; ``validate`` checks any tree (a saved run's too). Validation
 
 - moves keys that were renamed to their current place, with a warning
@@ -9,7 +9,11 @@ them; ``validate`` checks any tree (a saved run's too). Validation
   against its registered ``Options`` model, once: the ``Config`` carries
   the typed options from then on (``config.method.options``);
 - gives the ``positives`` section to the methods that take semantic
-  positives, and refuses it for the others.
+  positives, and refuses it for the others;
+- checks the model keys against each other (a known weights format, ViT
+  options only for ViTs).
+
+``build_config``, for a new run, also checks that a weights file it names exists.
 
 ``resolve_clusters`` turns ``clusters`` into K once the data is known.
 Every problem is a ``UserError`` naming the key.
@@ -24,9 +28,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from clusterclr.config import Config, PositivesConfig, layer
+from clusterclr.config import Config, ModelConfig, PositivesConfig
 from clusterclr.errors import UserError
+from clusterclr.layering import layer
 from clusterclr.methods.registry import get_method
+from clusterclr.models.pretrained import FAMILIES
 from clusterclr.positives.sampler import SemanticPositives
 
 # Old dotted key -> its current one. Both spellings of the number of clusters are K, ``clusters``.
@@ -38,8 +44,14 @@ def build_config(
     flags: dict[str, Any] | None = None,
     overrides: list[str] | None = None,
 ) -> Config:
-    """Layer defaults, data set defaults, file, flags and ``--set`` overrides (``config.layer``), then validate."""
-    return validate(layer(config_file, flags, overrides))
+    """Layer defaults, data set defaults, file, flags and ``--set`` overrides (``layering.layer``), then validate.
+
+    A saved run's config is only validated: its weights file may be gone, the checkpoint holds the weights.
+    """
+    config = validate(layer(config_file, flags, overrides))
+    if config.model.weights is not None and not Path(config.model.weights).is_file():
+        raise UserError(f"model.weights: no weights file at {config.model.weights}")
+    return config
 
 
 def validate(tree: dict[str, Any], source: str = "config") -> Config:
@@ -50,6 +62,7 @@ def validate(tree: dict[str, Any], source: str = "config") -> Config:
         raise UserError(f"{source}: {format_validation_error(err)}") from None
     _type_method_options(config, source)
     _validate_positives(config, source)
+    _validate_model(config.model, source)
     return config
 
 
@@ -135,6 +148,20 @@ def _validate_positives(config: Config, source: str) -> None:
             f"{source}: {keys} is set but method '{config.method.name}' takes no semantic positives; "
             f"remove it or use a sepp_* method"
         )
+
+
+def _validate_model(model: ModelConfig, source: str) -> None:
+    if model.weights_format != "auto" and model.weights_format not in FAMILIES:
+        raise UserError(f"{source}: 'model.weights_format': unknown format {model.weights_format!r}; choose auto or one of {', '.join(FAMILIES)}")
+    if model.weights is not None or model.architecture is not None:
+        return  # the file (or what was recorded from it) decides the architecture
+    if model.backbone == "vit":
+        raise UserError(f"{source}: 'model.backbone': vit is a ViT of a shape only a weights file records; choose vit_small, vit_base or vit_large")
+    if not model.is_vit:
+        defaults = ModelConfig()
+        given = [key for key in ("patch_size", "pooling", "activation") if getattr(model, key) != getattr(defaults, key)]
+        if given:
+            raise UserError(f"{source}: 'model.{given[0]}' applies to ViT backbones, not to {model.backbone}")
 
 
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:

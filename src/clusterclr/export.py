@@ -11,7 +11,8 @@ output names and sizes.
 
 - safetensors: the encoder's tensors (``backbone.*``, ``head.*``), the run's
   config and the preprocessing in the metadata; loads with the safetensors
-  package alone; running it needs the architecture (clusterclr's ResNet).
+  package alone; running it needs the architecture (clusterclr's ResNet or
+  ViT, described under "architecture" in the JSON).
 - torchscript: a traced module; ``torch.jit.load`` runs it without clusterclr (PyTorch deprecates
   TorchScript; libtorch and older PyTorch versions still load it).
 - onnx: opset 17, dynamic batch size; runs in onnxruntime without clusterclr
@@ -30,10 +31,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from clusterclr.build import Model
+from clusterclr.build import Model, backbone_spec
 from clusterclr.errors import UserError
 from clusterclr.io import atomic_write, save_safetensors, write_json
-from clusterclr.models.backbones import resolve_stem
 from clusterclr.version import __version__
 
 FORMATS = {"safetensors": ".safetensors", "torchscript": ".pt", "onnx": ".onnx"}
@@ -68,6 +68,7 @@ class Encoder(nn.Module):
 def preprocessing(model: Model, encoder: Encoder, epoch: int, fmt: str, file: Path) -> dict[str, Any]:
     """How to feed the exported model and what it returns."""
     data, cfg = model.method.data, model.config
+    spec = backbone_spec(cfg.model, data.channels, data.image_size)
     outputs: dict[str, Any] = {"features": {"dim": encoder.backbone.feature_dim}}
     if encoder.head is not None:
         outputs["cluster_probabilities"] = {"clusters": encoder.clusters}
@@ -90,7 +91,9 @@ def preprocessing(model: Model, encoder: Encoder, epoch: int, fmt: str, file: Pa
             "normalise": "x = (pixel / 255 - mean[c]) / std[c]",
         },
         "outputs": outputs,
-        "architecture": {"backbone": cfg.model.backbone, "stem": resolve_stem(cfg.model.stem, data.image_size), "width": cfg.model.width},
+        # The backbone and its builder's arguments (clusterclr.models.backbone_spec.BackboneSpec).
+        "architecture": {"backbone": spec.name, **spec.kwargs},
+        "initial_weights": None if cfg.model.weights is None else {"file": cfg.model.weights, "format": cfg.model.weights_format},
     }
 
 

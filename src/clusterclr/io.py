@@ -31,6 +31,7 @@ from typing import IO, Any
 import torch
 
 from clusterclr.errors import UserError
+from clusterclr.models.pretrained.torchscript import is_torchscript
 
 # Keys every clusterclr checkpoint holds; a file without them is not one.
 CHECKPOINT_KEYS = ("format", "epoch", "optimizer", "scaler", "config", "data_info", "normalisation", "method")
@@ -110,6 +111,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}")
+    if is_torchscript(path):
+        # torch.load hands TorchScript archives to torch.jit.load, which would load the archive's code.
+        raise UserError(f"{path} is a TorchScript archive, not a clusterclr checkpoint; it was not loaded")
     try:
         with warnings.catch_warnings():
             # torch warns about our own files' pickle protocol; it says nothing about the checkpoint.

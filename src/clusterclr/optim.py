@@ -1,8 +1,9 @@
-"""Optimisers and the learning-rate schedule."""
+"""Optimisers, their parameter groups, and the learning-rate schedule."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -51,23 +52,64 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: bool) -> list[dict]:
-    """Split parameters so biases and normalisation weights can skip decay (and LARS).
+@dataclass(frozen=True)
+class ParameterGroup:
+    """Parameters to optimise their own way: declared by a method (``Method.parameter_groups``) or,
+    for the backbone, by the config (``optim.backbone_lr_scale``).
 
-    A model may name parameters that never decay whatever the config says
-    (``parameters_without_weight_decay()``, e.g. cluster centres, which decay
-    would drag towards the origin).
+    ``lr_scale`` multiplies the group's learning rate at every step (0: the
+    group is left out of the optimiser); ``weight_decay`` replaces
+    ``optim.weight_decay`` for it (0 also spares it LARS' adaptation, as
+    biases are); ``fixed_lr`` keeps it at its peak rate throughout, without
+    warm-up or decay (SimSiam's predictor, "fix_pred_lr").
     """
-    exempt = {id(p) for p in getattr(model, "parameters_without_weight_decay", list)()}
-    decay, no_decay = [], []
+
+    name: str
+    params: tuple[nn.Parameter, ...]
+    lr_scale: float = 1.0
+    weight_decay: float | None = None
+    fixed_lr: bool = False
+
+
+def optimizer_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """The optimiser's parameter groups: one per distinct (rate, decay) setting, in the model's parameter order.
+
+    Every trainable parameter belongs to the backbone (``model.backbone``,
+    scaled by ``optim.backbone_lr_scale``), to a group the model declares
+    (``parameter_groups()``), or to the rest ("heads", the base rate).
+    Biases and normalisation weights skip decay and LARS where
+    ``optim.exclude_bias_and_norm`` says so. Groups with the same settings
+    share one optimiser group, and for each rate schedule the decayed group
+    comes first: with the defaults that is exactly one decayed and one
+    exempt group, as before groups could be declared.
+    """
+    backbone = getattr(model, "backbone", None)
+    declared = [] if backbone is None else [ParameterGroup("backbone", tuple(backbone.parameters()), cfg.backbone_lr_scale)]
+    declared += getattr(model, "parameter_groups", list)()
+    owner: dict[int, ParameterGroup] = {}
+    for group in declared:
+        for param in group.params:
+            if id(param) in owner:
+                raise ValueError(f"a parameter is in both the {owner[id(param)].name} and the {group.name} group")
+            owner[id(param)] = group
+    rest = ParameterGroup("heads", ())
+    settings: dict[tuple, dict] = {}
     for param in model.parameters():
-        if not param.requires_grad:
+        group = owner.get(id(param), rest)
+        if not param.requires_grad or group.lr_scale == 0:
             continue
-        (no_decay if id(param) in exempt or (exclude_bias_and_norm and param.ndim <= 1) else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "lars_exclude": True})
-    return groups
+        exempt = group.weight_decay == 0 or (cfg.exclude_bias_and_norm and param.ndim <= 1)
+        decay = 0.0 if exempt else cfg.weight_decay if group.weight_decay is None else group.weight_decay
+        entry = settings.setdefault(
+            (group.lr_scale, group.fixed_lr, decay, exempt),
+            {"params": [], "weight_decay": decay, "lars_exclude": exempt, "lr_scale": group.lr_scale,
+             "fixed_lr": group.fixed_lr, "groups": []},
+        )
+        entry["params"].append(param)
+        if group.name not in entry["groups"]:
+            entry["groups"].append(group.name)
+    schedules = list(dict.fromkeys((g["lr_scale"], g["fixed_lr"]) for g in settings.values()))
+    return sorted(settings.values(), key=lambda g: (schedules.index((g["lr_scale"], g["fixed_lr"])), g["lars_exclude"]))
 
 
 def peak_lr(cfg: OptimConfig) -> float:
@@ -75,8 +117,11 @@ def peak_lr(cfg: OptimConfig) -> float:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, cfg.weight_decay, cfg.exclude_bias_and_norm)
+    """The optimiser over ``optimizer_groups``; each group starts at its own peak rate (``set_learning_rates`` schedules it)."""
+    groups = optimizer_groups(model, cfg)
     lr = peak_lr(cfg)
+    for group in groups:
+        group["lr"] = lr * group["lr_scale"]
     if cfg.name == "lars":
         return LARS(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.lars_eta, clip=cfg.lars_clip)
     for group in groups:
@@ -86,6 +131,18 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     if cfg.name == "adam":
         return torch.optim.Adam(groups, lr=lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
+
+
+def set_learning_rates(optimizer: torch.optim.Optimizer, step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
+    """Give every group its rate at ``step``: its ``lr_scale`` times the schedule (``lr_at``), or times
+    ``peak`` for a fixed-rate group. Returns the schedule's own rate (scale 1).
+
+    Checkpoints written before groups had scales hold groups without them: scale 1, scheduled.
+    """
+    lr = lr_at(step, total_steps, warmup_steps, peak)
+    for group in optimizer.param_groups:
+        group["lr"] = group.get("lr_scale", 1.0) * (peak if group.get("fixed_lr", False) else lr)
+    return lr
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:

@@ -25,10 +25,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clusterclr.config import Config, read_yaml
+from clusterclr.config import Config
 from clusterclr.configure import validate
 from clusterclr.errors import UserError
 from clusterclr.io import load_newest_checkpoint, previous_checkpoint, write_text
+from clusterclr.layering import read_yaml
 from clusterclr.pathtext import path_from_text
 
 if TYPE_CHECKING:

@@ -12,7 +12,10 @@ The default is SimCLR, then a SCAN clustering stage on its features
 on real photos (the CIFAR-10 subset, at a CPU budget) SimCLR's features
 clustered best of the methods measured there, and the centre predictor's
 head collapsed there (BENCHMARKS.md); ``--method cc`` or
-``center_predictor`` train a cluster head of their own instead.
+``center_predictor`` train a cluster head of their own instead. With
+``--weights FILE`` (a pretrained backbone, ``model.weights``) the default
+is no training of the backbone: the folder is clustered on the pretrained
+features.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from clusterclr.commands.stage import (
     saved_stage,
     with_stage_probabilities,
 )
-from clusterclr.config import Config, merge, read_yaml
+from clusterclr.config import Config
 from clusterclr.configure import build_config
 from clusterclr.data.base import ImageDataset
 from clusterclr.data.folder import DEFAULT_IMAGE_SIZE, folder_index, typical_side
@@ -44,6 +47,7 @@ from clusterclr.errors import OutputError, UserError
 from clusterclr.evaluate.clusters import cluster_assignments
 from clusterclr.evaluate.context import EvalContext
 from clusterclr.io import atomic_write, write_text
+from clusterclr.layering import layer, merge, read_yaml
 from clusterclr.pathtext import path_text
 from clusterclr.report.content import ReportContent
 from clusterclr.report.write import write_report
@@ -64,6 +68,7 @@ class ClusterRequest:
     out: RunDir
     method: str | None = None
     init: RunDir | None = None
+    weights: Path | None = None  # a pretrained weights file: model.weights
     epochs: int | None = None
     copy_to: Path | None = None
     config_file: str | Path | None = None
@@ -100,6 +105,10 @@ def check_request(request: ClusterRequest) -> int:
         raise UserError("--minutes sets the training budget instead of --epochs: give one of them, and a positive number")
     if request.init is not None and not request.init.path.is_dir():
         raise UserError(f"--init: run directory not found: {path_text(request.init.path)}")
+    if request.weights is not None and not request.weights.is_file():
+        raise UserError(f"--weights: no weights file at {path_text(request.weights)}")
+    if request.init is not None and request.weights is not None:
+        raise UserError("--init and --weights both give the backbone to start from; give one of them")
     if request.epochs is not None and request.epochs < 0:
         raise UserError(f"--epochs must be 0 or more, got {request.epochs}")
     if inside(request.out.path, folder):
@@ -111,40 +120,51 @@ def check_request(request: ClusterRequest) -> int:
 def cluster_config(request: ClusterRequest, images: int) -> Config:
     """The training config: practitioner defaults, under the user's --config, flags and --set.
 
-    Defaults: SimCLR, 100 epochs, batch min(256, images / 2) so small folders
-    still make several steps per epoch, a SCAN clustering stage on the
-    trained features, no online evaluation (no labels to score), no
-    end-of-training report (``cluster`` writes its own). Images are never
-    upsampled: smaller than 64 px, they train at their own size (the
-    folder's median shorter side, down to a multiple of 4). With ``--init``,
-    the model and image size are the initial run's.
+    Defaults: SimCLR, 100 epochs (0 with pretrained weights: their features
+    as they are), batch min(256, images / 2) so small folders still make
+    several steps per epoch, a SCAN clustering stage on the trained
+    features, no online evaluation (no labels to score), no end-of-training
+    report (``cluster`` writes its own). Images are never upsampled:
+    smaller than 64 px, they train at their own size (the folder's median
+    shorter side, down to a multiple of 4), except for pretrained weights,
+    whose resolution is the default (``weights.py``). With ``--init``, the
+    model, image size and channels are the initial run's.
     """
     defaults: dict[str, Any] = {
         "method": {"name": DEFAULT_METHOD},
         "optim": {"batch_size": min(256, max(2, images // 2))},
-        "train": {"epochs": DEFAULT_EPOCHS, "eval_every": 0, "report": False},
+        "train": {"eval_every": 0, "report": False},
         "stage": DEFAULT_STAGE,
     }
-    index = folder_index(request.folder)
-    side = typical_side([index.path(i) for i in range(0, len(index.files), max(1, len(index.files) // 200))])
-    if side is not None and side < DEFAULT_IMAGE_SIZE:
-        defaults["data"] = {"image_size": max(8, side // 4 * 4)}
     if request.init is not None:
         initial, state, _ = request.init.read()
         height, width = state["data_info"]["image_size"]
-        defaults["model"] = initial.model.model_dump(mode="json")
+        # The initial run's backbone comes from its checkpoint, not from the weights file it may have started from.
+        defaults["model"] = initial.model.model_dump(mode="json", exclude={"weights"})
+        defaults["data"] = {"channels": initial.data.channels}
         if height == width:
-            defaults["data"] = {"image_size": height}
+            defaults["data"]["image_size"] = height
     user = read_yaml(request.config_file) if request.config_file else {}
     flags = {
         "data.dataset": "folder",
         "data.root": str(request.folder),
         "method.name": request.method,
+        "model.weights": None if request.weights is None else str(request.weights),
         "train.epochs": request.epochs,
         "clusters": request.clusters,
         "seed": request.seed,
     }
-    return build_config(merge(defaults, user), flags, request.overrides)
+    tree = layer(merge(defaults, user), flags, request.overrides)
+    model, train, data = (tree.setdefault(section, {}) for section in ("model", "train", "data"))
+    weights = isinstance(model, dict) and model.get("weights")
+    if isinstance(train, dict) and "epochs" not in train:
+        train["epochs"] = 0 if weights else DEFAULT_EPOCHS
+    if isinstance(data, dict) and "image_size" not in data and not weights:
+        index = folder_index(request.folder)
+        side = typical_side([index.path(i) for i in range(0, len(index.files), max(1, len(index.files) // 200))])
+        if side is not None and side < DEFAULT_IMAGE_SIZE:
+            data["image_size"] = max(8, side // 4 * 4)
+    return build_config(tree)
 
 
 def cluster_folder(request: ClusterRequest) -> ClusterResult:
@@ -231,9 +251,12 @@ def _report_content(
     parts, run_dir, config = trained.parts, trained.run_dir, trained.parts.config
     data = ctx.test  # the images clustered
     folder = path_text(request.folder)
-    initial_weights = path_text(request.init.path) if request.init else "none (trained from scratch)"
-    if request.resumed:
+    if config.model.weights is not None:
+        initial_weights = f"{path_text(config.model.weights)} ({config.model.weights_format})"
+    elif request.resumed:
         initial_weights = "not recorded (resumed run)"  # --init is not part of the saved config
+    else:
+        initial_weights = path_text(request.init.path) if request.init else "none (trained from scratch)"
     return ReportContent(
         title=f"{assignments.clusters} clusters of {folder}" + ("" if ctx.choice is None else f" (K chosen by {ctx.choice.criterion})"),
         images_described=f"all {len(data)} images in {folder}",
@@ -249,7 +272,7 @@ def _report_content(
             "folder": folder,
             "method": config.method.name,
             "initial weights": initial_weights,
-            "backbone": f"{config.model.backbone} ×{config.model.width:g}",
+            "backbone": config.model.describe(),
             "image size": "×".join(map(str, parts.method.data.image_size)),
             "epochs": trained.epoch,
         },

@@ -14,7 +14,7 @@ from clusterclr.commands.assign import SKIP_FLAG
 from clusterclr.configure import resolve_clusters
 from clusterclr.data.base import BadFile, ImageDataset, concat
 from clusterclr.data.registry import load_raw
-from clusterclr.data.splits import resize
+from clusterclr.data.splits import resize, with_channels
 from clusterclr.errors import UserError
 from clusterclr.evaluate.context import EvalContext
 from clusterclr.io import atomic_write, write_text
@@ -48,8 +48,10 @@ def _chosen_splits(
         raise UserError(f"data set '{dataset}' has no {split} split")
     channels = model.method.data.channels
     for name, part in chosen:
-        if part.channels != channels:
+        # A run that converted its own images (data.channels) converts these the same way.
+        if part.channels != channels and model.config.data.channels != channels:
             raise UserError(f"the run was trained on {channels}-channel images; {dataset} {name} has {part.channels}")
+    chosen = [(name, with_channels(part, channels)[0]) for name, part in chosen]
     if height == width:
         chosen = [(name, resize(part, height)) for name, part in chosen]
     return chosen, raw.bad_files

@@ -19,11 +19,12 @@ import torch
 from pydantic import ValidationError
 
 from clusterclr.build import Model, load_parts
-from clusterclr.config import StageConfig, parse_override
+from clusterclr.config import StageConfig
 from clusterclr.configure import format_validation_error, validate
 from clusterclr.errors import Interrupted, UserError
 from clusterclr.evaluate.context import EvalContext
 from clusterclr.evaluate.features import Embeddings
+from clusterclr.layering import parse_override
 from clusterclr.rundir import RunDir
 from clusterclr.stage.choose_k import KChoice
 from clusterclr.stage.head import StageHead

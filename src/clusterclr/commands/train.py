@@ -7,6 +7,7 @@ from collections.abc import Callable
 from clusterclr.config import Config
 from clusterclr.errors import UserError
 from clusterclr.rundir import RUNS, RunDir
+from clusterclr.weights import with_weights
 
 
 def run_to_resume(resume: str, out: str | None, configured: bool, config: Callable[[], Config]) -> RunDir | None:
@@ -34,5 +35,6 @@ def run_to_resume(resume: str, out: str | None, configured: bool, config: Callab
     if not run_dir.holds_run():
         return None
     if configured:
-        run_dir.check_same_config(config())
+        # The saved config records what a weights file decided; so must the one it is compared with.
+        run_dir.check_same_config(with_weights(config())[0])
     return run_dir

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from clusterclr.config import DataConfig
 from clusterclr.data.base import BadFile, ImageDataset, concat
 from clusterclr.data.registry import load_raw
+from clusterclr.errors import UserError
 from clusterclr.pathtext import path_text
 
 
@@ -76,6 +77,25 @@ def resize(dataset: ImageDataset, size: int, chunk: int = 1024) -> ImageDataset:
     return ImageDataset(images, dataset.labels, dataset.class_names, dataset.sources)
 
 
+# ITU-R BT.601 luminance weights of R, G, B.
+LUMINANCE = (0.299, 0.587, 0.114)
+
+
+def with_channels(dataset: ImageDataset, channels: int) -> tuple[ImageDataset, str | None]:
+    """``dataset`` with ``channels`` channels (grey repeated into RGB, RGB to BT.601 luminance), and the conversion in words."""
+    if dataset.channels == channels:
+        return dataset, None
+    if (dataset.channels, channels) == (1, 3):
+        images, done = dataset.images.expand(-1, 3, -1, -1).contiguous(), "1 -> 3 channels (grey repeated)"
+    elif (dataset.channels, channels) == (3, 1):
+        weights = torch.tensor(LUMINANCE).view(1, 3, 1, 1)
+        images = (dataset.images.float() * weights).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
+        done = "3 -> 1 channel (BT.601 luminance)"
+    else:
+        raise UserError(f"cannot convert {dataset.channels}-channel images to {channels} channels")
+    return ImageDataset(images, dataset.labels, dataset.class_names, dataset.sources), done
+
+
 def load_splits(cfg: DataConfig) -> DataSplits:
     raw = load_raw(cfg.dataset, cfg.root, cfg.image_size, cfg.skip_bad, cfg.stream, cfg.memory_limit, cfg.workers)
     if raw.bad_files:
@@ -98,8 +118,11 @@ def load_splits(cfg: DataConfig) -> DataSplits:
             test, eval_split = ImageDataset(raw.train.images, sources=raw.train.sources), "train"
     train = labelled_train if raw.unlabeled is None else concat([labelled_train, raw.unlabeled])
     splits = [train, labelled_train, test, raw.train]
+    # Converted once per distinct split: without a holdout, train, bank and read are one data set.
+    if cfg.channels is not None:
+        converted = {id(d): with_channels(d, cfg.channels)[0] for d in splits}
+        splits = [converted[id(d)] for d in splits]
     if cfg.image_size is not None:
-        # Resized once per distinct split: without a holdout, train, bank and read are one data set.
         resized = {id(d): resize(d, cfg.image_size) for d in splits}
         splits = [resized[id(d)] for d in splits]
     train, bank, test, read = splits

@@ -1,4 +1,9 @@
-"""Frozen features (and cluster-head assignments) of a whole data set, as every evaluation computes them."""
+"""Frozen features (and cluster-head assignments) of a whole data set, as every evaluation computes them.
+
+Batched (``eval.batch_size``), in the run's precision (bf16 autocast where the
+device computes it natively: ``build.select_precision``), with a progress bar
+for extractions that take a while.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import torch
 
 from clusterclr.build import Model
 from clusterclr.data.base import ImageDataset
+from clusterclr.progress import progress_bar
 
 
 @dataclass
@@ -35,6 +41,8 @@ def embed(model: Model, dataset: ImageDataset) -> Embeddings:
     features, probabilities, skipped = [], [], []
     dtype = model.autocast_dtype
     autocast = torch.autocast(model.device.type, dtype=dtype) if dtype else nullcontext()
+    # Shown only when extraction takes a while (a large ViT on a CPU): rate and time left.
+    bar = progress_bar(total=len(dataset), enabled=cfg.train.progress, desc="features", unit="image", delay=2, leave=False)
     try:
         for x, bad in model.views.clean_batches(dataset.images, cfg.eval.batch_size, model.device, cfg.train.channels_last):
             skipped += [b.row for b in bad]
@@ -44,6 +52,8 @@ def embed(model: Model, dataset: ImageDataset) -> Embeddings:
             features.append(h.float().cpu())
             if p is not None:
                 probabilities.append(p.float().cpu())
+            bar.update(len(x))
     finally:
+        bar.close()
         method.train(was_training)
     return Embeddings(torch.cat(features), torch.cat(probabilities) if probabilities else None, tuple(sorted(set(skipped))))

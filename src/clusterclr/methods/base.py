@@ -26,9 +26,21 @@ from torch import nn
 
 from clusterclr.config import MethodOptions
 from clusterclr.errors import UserError
+from clusterclr.optim import ParameterGroup
 
 if TYPE_CHECKING:
     from clusterclr.methods.training_images import TrainingImages
+
+
+# Marks a module that ``freeze`` froze; copies made of it later (momentum encoders) carry the mark.
+FROZEN = "clusterclr_frozen"
+
+
+def freeze(module: nn.Module) -> None:
+    """No gradients and no updates for ``module``: its parameters stay as they are, and in a method's
+    training mode its batch norm keeps its running statistics (``Method.train``)."""
+    module.requires_grad_(False)
+    setattr(module, FROZEN, True)
 
 
 @dataclass(frozen=True)
@@ -116,9 +128,19 @@ class Method(nn.Module):
         """The order an epoch visits the training images in, drawn from the global RNG."""
         return torch.randperm(self.data.num_images)
 
-    def parameters_without_weight_decay(self) -> list[nn.Parameter]:
-        """Parameters the optimiser must never decay (learnable cluster centres, prototypes)."""
+    def parameter_groups(self) -> list[ParameterGroup]:
+        """Parameters to optimise their own way (``optim.ParameterGroup``): a rate multiplier (DEC-style
+        centres often train at ×10–×100), their own weight decay (0 for centres, which decay would drag
+        towards the origin) or a fixed rate (SimSiam's predictor). The backbone is the config's
+        (``optim.backbone_lr_scale``) and may not be declared here; everything undeclared trains at the base rate."""
         return []
+
+    def train(self, mode: bool = True) -> Method:
+        super().train(mode)
+        for module in self.modules():
+            if getattr(module, FROZEN, False):
+                module.eval()  # a frozen backbone keeps its batch-norm statistics as loaded
+        return self
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:

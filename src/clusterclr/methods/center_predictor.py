@@ -42,6 +42,7 @@ from clusterclr.methods.registry import register_method
 from clusterclr.methods.training_images import TrainingImages
 from clusterclr.models.cluster_heads import StudentTCentres
 from clusterclr.models.heads import SimCLRProjector
+from clusterclr.optim import ParameterGroup
 
 
 class CenterPredictorOptions(MethodOptions):
@@ -55,6 +56,8 @@ class CenterPredictorOptions(MethodOptions):
     init_kmeans_restarts: PositiveInt = 5
     cluster_warmup_epochs: NonNegativeInt = 0  # instance-only epochs before the centres are set (paper: 0)
     balance_weight: NonNegativeFloat = 0.0  # λ on log K − H(cluster marginal); not in the paper
+    # The centres' learning rate as a multiple of the base rate (DEC-style centres often train at ×10–×100).
+    centre_lr_scale: PositiveFloat = 1.0
 
     @model_validator(mode="after")
     def _some_loss(self) -> CenterPredictorOptions:
@@ -121,8 +124,8 @@ class CenterPredictor(Method):
             "output_std": normalised_std(z),
         })
 
-    def parameters_without_weight_decay(self) -> list[torch.nn.Parameter]:
-        return [self.centres.centres]
+    def parameter_groups(self) -> list[ParameterGroup]:
+        return [ParameterGroup("centres", (self.centres.centres,), self.options.centre_lr_scale, weight_decay=0.0)]
 
     @torch.no_grad()
     def cluster_probabilities(self, features: torch.Tensor) -> torch.Tensor | None:

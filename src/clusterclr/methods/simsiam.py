@@ -11,12 +11,15 @@ from clusterclr.methods.base import Batch, DataInfo, Method, StepOutput
 from clusterclr.methods.diagnostics import normalised_std
 from clusterclr.methods.registry import register_method
 from clusterclr.models.heads import SimSiamPredictor, SimSiamProjector
+from clusterclr.optim import ParameterGroup
 
 
 class SimSiamOptions(MethodOptions):
     projection_hidden_dim: PositiveInt = 2048
     projection_dim: PositiveInt = 2048
     predictor_hidden_dim: PositiveInt = 512
+    # Keep the predictor at the peak learning rate throughout (the paper's fix_pred_lr, which it found better).
+    fix_pred_lr: bool = False
 
 
 @register_method
@@ -30,6 +33,9 @@ class SimSiam(Method):
         super().__init__(backbone, options, data, gather_negatives)
         self.projector = SimSiamProjector(backbone.feature_dim, options.projection_hidden_dim, options.projection_dim)
         self.predictor = SimSiamPredictor(options.projection_dim, options.predictor_hidden_dim)
+
+    def parameter_groups(self) -> list[ParameterGroup]:
+        return [ParameterGroup("predictor", tuple(self.predictor.parameters()), fixed_lr=True)] if self.options.fix_pred_lr else []
 
     def training_step(self, batch: Batch) -> StepOutput:
         # One forward per view, as in the paper: batch norm sees each view's batch on its own.

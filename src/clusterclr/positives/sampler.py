@@ -9,8 +9,9 @@ method gets
   trains on the same pairs;
 - mining in ``on_epoch_start``: after ``positives.warmup_epochs`` plain
   epochs and then every ``positives.refresh_every`` epochs with the model
-  being trained (``mining_encoder``), or once with a trained model the
-  user gives (``positives.encoder``, which ``build`` hands in as a loader);
+  being trained (``mining_encoder``), or once with a trained run or a
+  pretrained weights file the user gives (``positives.encoder``, which
+  ``build`` hands in as a loader of a ``positives/encoders.py`` encoder);
   the epoch's diagnostics are logged;
 - an ``epoch_order`` that puts partners next to each other.
 
@@ -20,7 +21,6 @@ The method itself only widens its positives hook with
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -28,7 +28,6 @@ import torch
 from torch import nn
 
 from clusterclr.config import PositivesConfig
-from clusterclr.errors import UserError
 from clusterclr.positives.semantic import (
     NO_PARTNER,
     mine_partners,
@@ -37,17 +36,16 @@ from clusterclr.positives.semantic import (
 )
 
 if TYPE_CHECKING:  # at run time the methods package imports this module, not the reverse
-    from clusterclr.augment import ViewMaker
     from clusterclr.config import MethodOptions
-    from clusterclr.methods.base import DataInfo, Method
+    from clusterclr.methods.base import DataInfo
     from clusterclr.methods.training_images import TrainingImages
 
 
 class TrainedEncoder(Protocol):
-    """What mining needs of a trained model (``build.Model``): its method and the views it was trained with."""
+    """A trained network that mines instead of the model being trained (``positives/encoders.py``)."""
 
-    method: Method
-    views: ViewMaker
+    def features(self, images: TrainingImages) -> torch.Tensor:
+        """N × D features of every training image's clean view, in order."""
 
 
 class SemanticPositives:
@@ -113,19 +111,4 @@ class SemanticPositives:
         if self.encoder_loader is None:
             encoder, modules = self.mining_encoder()
             return images.encode(encoder, *modules)
-        path = self.positives.encoder
-        model = self.encoder_loader(images.device)
-        trained_on = (model.method.data.channels, *model.method.data.image_size)
-        here = tuple(images.images.shape[1:])
-        if trained_on != here:
-            raise UserError(
-                f"positives.encoder {path} was trained on {_shape(trained_on)} images but the training images are "
-                f"{_shape(here)}; give an encoder trained on images like these (or set data.image_size)"
-            )
-        # Its own views: the encoder expects the normalisation it was trained with.
-        return dataclasses.replace(images, views=model.views).encode(model.method.embed, model.method)
-
-
-def _shape(channels_height_width: tuple[int, ...]) -> str:
-    channels, height, width = channels_height_width
-    return f"{channels}-channel {height}×{width}"
+        return self.encoder_loader(images.device).features(images)

@@ -50,7 +50,7 @@ def run_settings(parts: Parts, epoch: int) -> dict[str, Any]:
         "method": cfg.method.name,
         "data set": parts.splits.name,
         "data root": path_text(cfg.data.root) if cfg.data.root else "",
-        "backbone": f"{cfg.model.backbone} ×{cfg.model.width:g}",
+        "backbone": cfg.model.describe(),
         "image size": "×".join(map(str, parts.method.data.image_size)),
         "epochs": f"{epoch} of {cfg.train.epochs}",
     }

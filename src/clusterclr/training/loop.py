@@ -35,7 +35,7 @@ from clusterclr.evaluate.standard import evaluate_parts
 from clusterclr.methods.base import StepOutput
 from clusterclr.methods.training_images import TrainingImages
 from clusterclr.models.backbones import ResNet
-from clusterclr.optim import build_optimizer, lr_at, peak_lr
+from clusterclr.optim import build_optimizer, peak_lr, set_learning_rates
 from clusterclr.progress import progress_bar
 from clusterclr.rundir import RunDir
 from clusterclr.runlog import RunLog, SilentLog
@@ -147,10 +147,8 @@ class Trainer:
         return progress, order
 
     def set_learning_rate(self, step: int) -> float:
-        lr = lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        return lr
+        """Each parameter group's rate at ``step`` (its own scale of the schedule); returns the schedule's."""
+        return set_learning_rates(self.optimizer, step, self.total_steps, self.warmup_steps, self.peak_lr)
 
     def next_batch(self, batches: Iterator[HostBatch], progress: EpochProgress, bar: tqdm) -> HostBatch:
         try:

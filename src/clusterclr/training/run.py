@@ -21,6 +21,7 @@ from clusterclr.rundir import RunDir
 from clusterclr.runlog import RunLog, SilentLog
 from clusterclr.training.budget import epochs_within
 from clusterclr.training.loop import Trainer
+from clusterclr.weights import with_weights
 
 
 @dataclass
@@ -37,16 +38,22 @@ def start_run(config: Config, run_dir: RunDir, init: RunDir | None = None, minut
     """Train a new run in ``run_dir``, evaluate it and write its metrics (rank 0 of a distributed run writes).
 
     ``init``: a run whose trained backbone (and normalisation) the new run
-    starts from, to fine-tune it on other data; heads start afresh.
+    starts from, to fine-tune it on other data; heads start afresh. Or
+    ``model.weights``: a pretrained weights file to start from, which decides
+    the architecture and the input (``weights.py``); the config records them.
+    With ``train.epochs: 0`` either is a run of its features as they are.
     ``minutes``: train for as many epochs as fit in that time here (measured
     first; the config records the epochs it became), instead of ``train.epochs``.
     """
+    if init is not None and config.model.weights is not None:
+        raise UserError("--init and model.weights both give the backbone to start from; give one of them")
     if distributed.is_main():
         run_dir.create()
+    config, weights = with_weights(config)
     initial = None if init is None else init.read()[1]
     torch.manual_seed(config.seed)
     if initial is None:
-        parts = build_parts(config)
+        parts = build_parts(config, backbone_weights=weights)
     else:
         parts = build_parts(config, initial["normalisation"], backbone_state(initial["method"], init))
     trainer = Trainer(parts, run_dir)

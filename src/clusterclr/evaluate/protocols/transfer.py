@@ -13,19 +13,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from clusterclr.build import Model
 from clusterclr.config import DataConfig
 from clusterclr.data.base import ImageDataset
-from clusterclr.data.splits import load_splits, resize
+from clusterclr.data.splits import load_splits, resize, with_channels
 from clusterclr.errors import UserError
 from clusterclr.evaluate.context import EvalContext
 from clusterclr.evaluate.protocols import knn, linear
 from clusterclr.evaluate.protocols.options import ProtocolOptions
 
 STOCHASTIC = True  # through the linear probe's validation split
-LUMINANCE = (0.299, 0.587, 0.114)
 
 
 def context(model: Model, data: DataConfig, progress: bool) -> EvalContext:
@@ -57,20 +54,13 @@ def run(ctx: EvalContext, options: ProtocolOptions, seed: int) -> dict[str, floa
 def adapt(dataset: ImageDataset, model: Model) -> tuple[ImageDataset, list[str]]:
     """``dataset`` with the channels and size ``model`` was trained on, and the conversions made, in words."""
     channels, size = model.method.data.channels, model.method.data.image_size
-    images, done = dataset.images, []
     if dataset.streamed and dataset.channels != channels:
         raise UserError(
             f"data set B is streamed from its files, whose {dataset.channels} channels a {channels}-channel model "
             "cannot take; read it into memory with --set data.stream=false"
         )
-    if dataset.channels == 1 and channels == 3:
-        images = images.expand(-1, 3, -1, -1).contiguous()
-        done.append("1 -> 3 channels (grey repeated)")
-    elif dataset.channels == 3 and channels == 1:
-        weights = torch.tensor(LUMINANCE).view(1, 3, 1, 1)
-        images = (images.float() * weights).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
-        done.append("3 -> 1 channel (BT.601 luminance)")
-    adapted = ImageDataset(images, dataset.labels, dataset.class_names, dataset.sources)
+    adapted, conversion = with_channels(dataset, channels)
+    done = [] if conversion is None else [conversion]
     if adapted.image_size == size:
         return adapted, done
     if size[0] != size[1]:
