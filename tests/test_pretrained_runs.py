@@ -208,7 +208,7 @@ def test_a_torchscript_archive_is_never_loaded_as_a_checkpoint(files, monkeypatc
         raise AssertionError("torch.jit.load would load the archive's code")
 
     monkeypatch.setattr(torch.jit, "load", refuse)
-    with pytest.raises(UserError, match="is a TorchScript archive, not a clusterclr checkpoint"):
+    with pytest.raises(UserError, match="is a TorchScript archive, not a checkpoint file of tensors; it was not loaded"):
         load_checkpoint(files / "ViT-B-16.pt")
 
 

@@ -24,14 +24,14 @@ import pickle
 import re
 import tempfile
 import warnings
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
 from clusterclr.errors import UserError
-from clusterclr.models.pretrained.torchscript import is_torchscript
 
 # Keys every clusterclr checkpoint holds; a file without them is not one.
 CHECKPOINT_KEYS = ("format", "epoch", "optimizer", "scaler", "config", "data_info", "normalisation", "method")
@@ -106,30 +106,47 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return atomic_write(path, lambda f: f.write(buffer.getbuffer()), keep_previous=previous_checkpoint(path))
 
 
+def is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive: a zip with the ``constants.pkl`` that ``torch.save`` never writes."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.rsplit("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
+def load_plain(path: Path, what: str, allowed: Sequence[type] = ()) -> Any:
+    """``torch.load`` of a file that may hold only tensors and plain data (``weights_only=True``, plus the
+    ``allowed`` classes): nothing in it is run, and a file that holds more is refused, as is a corrupt one."""
+    if is_torchscript(path):
+        # torch.load hands TorchScript archives to torch.jit.load, which would load the archive's code.
+        raise UserError(f"{path} is a TorchScript archive, not a {what} file of tensors; it was not loaded")
+    try:
+        with warnings.catch_warnings(), torch.serialization.safe_globals(list(allowed)):
+            # torch warns about the pickle protocol of files it wrote itself; it says nothing about the file.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        refused = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", str(err))
+        detail = f" ({refused.group(1).strip()})" if refused else ""
+        raise UserError(
+            f"cannot load {what} {path}: it holds more than tensors and plain data{detail}, so it was refused; "
+            "nothing in it was run"
+        ) from None
+    except Exception as err:  # torch raises several types for corrupt or truncated files
+        # torch's first sentence says what failed; the rest is advice for torch.load's callers.
+        reason = " ".join(str(err).split()).split(". ")[0][:200] or f"{type(err).__name__} (empty or truncated file?)"
+        raise UserError(f"cannot load {what} {path}: {reason}") from None
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and check a checkpoint without running pickled code (``weights_only=True``)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}")
-    if is_torchscript(path):
-        # torch.load hands TorchScript archives to torch.jit.load, which would load the archive's code.
-        raise UserError(f"{path} is a TorchScript archive, not a clusterclr checkpoint; it was not loaded")
-    try:
-        with warnings.catch_warnings():
-            # torch warns about our own files' pickle protocol; it says nothing about the checkpoint.
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        refused = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", str(err))
-        detail = f" ({refused.group(1).strip()})" if refused else ""
-        raise UserError(
-            f"cannot load checkpoint {path}: it holds more than tensors and plain data{detail}, so it was refused "
-            f"without being run; it is corrupt or was not written by clusterclr"
-        ) from None
-    except Exception as err:  # torch raises several types for corrupt or truncated files
-        # torch's first sentence says what failed; the rest is advice for torch.load's callers.
-        reason = " ".join(str(err).split()).split(". ")[0][:200] or f"{type(err).__name__} (empty or truncated file?)"
-        raise UserError(f"cannot load checkpoint {path}: {reason}") from None
+    state = load_plain(path, "checkpoint")
     if not isinstance(state, dict) or not all(key in state for key in CHECKPOINT_KEYS):
         found = ", ".join(map(str, state)) if isinstance(state, dict) else type(state).__name__
         raise UserError(f"{path} is not a clusterclr checkpoint (found: {found or 'nothing'})")

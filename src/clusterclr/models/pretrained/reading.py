@@ -18,9 +18,6 @@ names carry selects them: the rest is the training method's heads.
 from __future__ import annotations
 
 import argparse
-import pickle
-import re
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +28,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from clusterclr.errors import UserError
-from clusterclr.models.pretrained.torchscript import is_torchscript, read_torchscript
+from clusterclr.io import is_torchscript, load_plain
+from clusterclr.models.pretrained.torchscript import read_torchscript
 
 WRAPPER_KEYS = ("teacher", "state_dict", "model", "student")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.", "backbone.", "encoder_q.", "base_encoder.", "dinov2.", "resnet.")
@@ -78,21 +76,8 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_pickle(path: Path) -> Any:
-    try:
-        # argparse.Namespace is plain data (DINO's and MoCo's checkpoints keep their arguments in one).
-        with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        refused = re.search(r"(?:GLOBAL|global:?)\s+([\w.]+)", str(err))
-        detail = f" ({refused.group(1)})" if refused else ""
-        raise UserError(
-            f"cannot load {path}: it holds more than tensors and plain data{detail}, so it was refused and nothing "
-            f"in it was run"
-        ) from None
-    except Exception as err:  # torch raises several types for corrupt or truncated files
-        reason = " ".join(str(err).split()).split(". ")[0][:200] or type(err).__name__
-        raise UserError(f"cannot load {path}: {reason} (truncated or corrupt?)") from None
+    # argparse.Namespace is plain data (DINO's and MoCo's checkpoints keep their arguments in one).
+    return load_plain(path, "weights", [argparse.Namespace])
 
 
 def _unwrap(content: Any, path: Path) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:

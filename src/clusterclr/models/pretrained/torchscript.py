@@ -36,17 +36,6 @@ _STORAGE_DTYPES = {
 }
 
 
-def is_torchscript(path: Path) -> bool:
-    """Whether ``path`` is a TorchScript archive: a zip with the ``constants.pkl`` that ``torch.save`` never writes."""
-    if not zipfile.is_zipfile(path):
-        return False
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.rsplit("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
-    except zipfile.BadZipFile:
-        return False
-
-
 def read_torchscript(path: Path) -> dict[str, torch.Tensor]:
     """Every tensor of the archive's module tree, named as its ``state_dict`` would name it."""
     try:
