@@ -118,11 +118,20 @@ def _type_method_options(config: Config, source: str) -> None:
 
 
 def _validate_positives(config: Config, source: str) -> None:
-    takes_positives = issubclass(get_method(config.method.name), SemanticPositives)
+    method = get_method(config.method.name)
+    takes_positives = issubclass(method, SemanticPositives)
     if config.positives is None:
         if takes_positives:
             config.positives = PositivesConfig()
-    elif not takes_positives:
+    elif takes_positives:
+        # Compared with the default rather than checked for presence: a saved config writes every key out.
+        share = config.positives.partner_share
+        if share != PositivesConfig().partner_share and not method.weighs_by_share:
+            raise UserError(
+                f"{source}: positives.partner_share={share} does not apply to method '{config.method.name}': "
+                f"its partner term is weighed by method.partner_weight"
+            )
+    else:
         keys = ", ".join(f"positives.{k}" for k in sorted(config.positives.model_fields_set)) or "positives"
         raise UserError(
             f"{source}: {keys} is set but method '{config.method.name}' takes no semantic positives; "
