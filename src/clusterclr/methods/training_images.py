@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 
 from clusterclr import distributed
 from clusterclr.augment import ViewMaker
+from clusterclr.models.batch_norm import batch_statistics_only
 
 
 @dataclass
@@ -40,10 +42,10 @@ class TrainingImages:
 
         ``modules`` (those ``encoder`` runs) are put in eval mode for the pass,
         so batch norm uses its running statistics. ``batch_statistics=True``
-        keeps them in training mode instead, so features are on the scale the
-        loss sees them during training (which matters before the running
-        statistics have been learnt); their buffers are restored afterwards.
-        Either way nothing about training changes.
+        normalises each chunk with its own statistics instead, so features are
+        on the scale the loss sees them during training (which matters before
+        the running statistics have been learnt), and leaves the running
+        statistics as they were. Either way nothing about training changes.
         """
         # Each rank of a distributed run encodes its shard and all get every feature. Shards may differ
         # by a row: the same number of chunks on every rank, so SyncBatchNorm (in batch-statistics
@@ -56,21 +58,19 @@ class TrainingImages:
             longest_shard = -(-len(self.images) // distributed.world_size())
             chunks = rows.tensor_split(-(-longest_shard // self.batch_size))
         modes = [m.training for m in modules]
-        saved = [{k: v.clone() for k, v in m.named_buffers()} for m in modules] if batch_statistics else []
         for m in modules:
-            m.train(batch_statistics)
+            m.train(False)
+        statistics = batch_statistics_only(*modules) if batch_statistics else nullcontext()
         autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
         try:
             features = []
-            for rows in chunks:
-                x = self.views.clean(self.images[rows].to(self.device, non_blocking=True))
-                x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-                with autocast:
-                    features.append(encoder(x).float())
+            with statistics:
+                for rows in chunks:
+                    x = self.views.clean(self.images[rows].to(self.device, non_blocking=True))
+                    x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+                    with autocast:
+                        features.append(encoder(x).float())
             return distributed.gather_shards(torch.cat(features), len(self.images))
         finally:
             for m, mode in zip(modules, modes):
                 m.train(mode)
-            for m, buffers in zip(modules, saved):
-                for name, value in m.named_buffers():
-                    value.copy_(buffers[name])
