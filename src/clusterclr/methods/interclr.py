@@ -64,7 +64,7 @@ class InterCLROptions(MoCoV2Options):
     warmup_epochs: NonNegativeInt = 0  # epochs of MoCo alone (the bank still follows the keys)
     inter_ramp_epochs: NonNegativeInt = 0  # epochs over which inter_weight rises to full after the warm-up
     # Re-fit the bank's clusters by k-means every N epochs from the end of the warm-up; 0: never (the paper).
-    recluster_every: NonNegativeInt = 0
+    recluster_every: NonNegativeInt = 5
 
     @model_validator(mode="after")
     def _consistent(self) -> InterCLROptions:
