@@ -73,8 +73,7 @@ def main() -> int:
     try:
         return run(args)
     except UserError as err:
-        print(f"positives.py: error: {err}", file=sys.stderr)
-        return 2
+        parser.exit(2, f"positives.py: error: {err}\n")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -514,14 +514,23 @@ def test_positives_config_defaults_and_errors(tmp_path):
         build_config(flags={"method.name": "sepp_simclr"}, overrides=["positives.k=3"])
     with pytest.raises(UserError, match="'method.partner_weight'"):
         build_config(flags={"method.name": "sepp_simsiam"}, overrides=["method.partner_weight=-1"])
-    with pytest.raises(UserError, match="positives.partner_share=0.3 does not apply to method 'sepp_simsiam'"):
-        build_config(flags={"method.name": "sepp_simsiam"}, overrides=["positives.partner_share=0.3"])
-    with pytest.raises(UserError, match="'positives.partner_share'"):
-        build_config(flags={"method.name": "sepp_simclr"}, overrides=["positives.partner_share=1"])
-    with pytest.raises(UserError, match="'positives.space'"):
-        build_config(flags={"method.name": "sepp_simclr"}, overrides=["positives.space=sphered"])
     defaults = build_config(flags={"method.name": "sepp_moco_v2"}).positives
     assert (defaults.space, defaults.mutual, defaults.quantile, defaults.partner_share) == ("centred", True, None, 0.5)
+
+
+@pytest.mark.parametrize(
+    "method, override, message",
+    [
+        ("sepp_simsiam", "positives.partner_share=0.3", "positives.partner_share=0.3 does not apply to method 'sepp_simsiam'"),
+        ("sepp_simclr", "positives.partner_share=1", "'positives.partner_share'"),
+        ("sepp_simclr", "positives.quantile=1", "'positives.quantile'"),
+        ("sepp_simclr", "positives.space=sphered", "'positives.space'"),
+        ("sepp_simclr", "positives.mine_with=target", "'positives.mine_with'"),
+    ],
+)
+def test_bad_mining_options_are_reported(method, override, message):
+    with pytest.raises(UserError, match=message):
+        build_config(flags={"method.name": method}, overrides=[override])
 
 
 def test_saved_configs_validate_again():
