@@ -10,6 +10,12 @@ command, date and machine.
 
     python benchmarks/quality.py --config configs/cifar10_subset_simclr.yaml --methods simclr --seeds 0 1 2
     python benchmarks/quality.py --config configs/cifar10_subset_{moco_v2,simsiam,byol}.yaml --seeds 0 1 2
+
+A sweep: each ``--variant`` is a row of the first preset with its own
+overrides on top (one quoted string of ``key=value`` pairs per row):
+
+    python benchmarks/quality.py --config configs/cifar10_subset_center_predictor.yaml --no-baselines \
+        --variant "method.clean_view_norm=separate" --variant "method.clean_view_norm=running"
 """
 
 from __future__ import annotations
@@ -37,8 +43,12 @@ from clusterclr.runlog import read_log
 COLUMNS = ("knn_acc", "kmeans_nmi", "kmeans_acc", "kmeans_ari")
 HEADERS = ("kNN", "NMI", "ACC", "ARI")
 # Shown when some row has them: the cluster head's scores, and the label precision of
-# the positive pairs a method mined, as of its last refresh (from its "method" log lines).
-OPTIONAL_COLUMNS = {"head_nmi": "head NMI", "head_acc": "head ACC", "head_ari": "head ARI", "pair_precision": "pair precision"}
+# the positive pairs a method mined and how many images had a partner, as of its last
+# refresh (from its "method" log lines).
+OPTIONAL_COLUMNS = {
+    "head_nmi": "head NMI", "head_acc": "head ACC", "head_ari": "head ARI",
+    "pair_precision": "pair precision", "partnered": "images with a partner",
+}
 SCORED_ON = {"test": "the test split", "holdout": "the held-out 20% of train (the set has no test split)"}
 
 
@@ -70,10 +80,12 @@ def trained(config_file: str, overrides: list[str], method: str, seed: int, run_
     if tree.get("method", {}).get("name") != method:
         tree["method"] = {"name": method}
     # No report: the wall-time column measures training and evaluation.
-    metrics = clusterclr.train(build_config(tree, {"seed": seed}, ["train.report=false", *overrides]), out=run_dir).metrics
+    run = clusterclr.train(build_config(tree, {"seed": seed}, ["train.report=false", *overrides]), out=run_dir)
+    metrics = run.metrics
     for record in read_log(RunDir(run_dir).log):
         if record["kind"] == "method" and record.get("pair_precision") is not None:
             metrics["pair_precision"] = record["pair_precision"]
+            metrics["partnered"] = record["images_with_partner"] / run.method.data.num_images
     return metrics
 
 
@@ -90,6 +102,8 @@ def main() -> int:
     parser.add_argument("--config", nargs="+", required=True,
                         help="preset YAML(s): each is a row, or, with --methods, the one preset every method uses")
     parser.add_argument("--methods", nargs="+", help="methods to train on the first preset (their own default options)")
+    parser.add_argument("--variant", dest="variants", action="append", default=[], metavar="'KEY=VALUE ...'",
+                        help="a row of the first preset with these overrides added (repeatable)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
     parser.add_argument("--no-baselines", action="store_true", help="skip raw-pixel and random-backbone rows")
@@ -120,16 +134,20 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_baselines:
         measure("k-means on raw pixels", lambda s: raw_pixels(base, args.overrides, s))
         measure("random-init backbone", lambda s: random_backbone(base, args.overrides, s, root / f"random-seed{s}"))
-    rows_to_train = (
-        [(base, m) for m in args.methods] if args.methods
-        else [(c, build_config(c, None, args.overrides).method.name) for c in args.config]
-    )
-    methods = [m for _, m in rows_to_train]
-    for preset, method in rows_to_train:
+    if args.variants:
+        method = build_config(base, None, args.overrides).method.name
+        rows_to_train = [(base, method, v.split(), f"{method} ({v})") for v in args.variants]
+    else:
+        rows_to_train = (
+            [(base, m, [], m) for m in args.methods] if args.methods
+            else [(c, build_config(c, None, args.overrides).method.name, [], "") for c in args.config]
+        )
+    methods = [m for _, m, _, _ in rows_to_train]
+    for i, (preset, method, extra, label) in enumerate(rows_to_train):
         # Presets that share a method (ablations) are told apart by their file name.
-        label = method if methods.count(method) == 1 else f"{method} ({Path(preset).stem})"
-        run_name = label.replace(" ", "_").replace("(", "").replace(")", "")
-        measure(label, lambda s, p=preset, m=method, r=run_name: trained(p, args.overrides, m, s, root / f"{r}-seed{s}"))
+        label = label or (method if methods.count(method) == 1 else f"{method} ({Path(preset).stem})")
+        run_name = f"{method}-variant{i}" if extra else label.replace(" ", "_").replace("(", "").replace(")", "")
+        measure(label, lambda s, p=preset, m=method, r=run_name, o=[*args.overrides, *extra]: trained(p, o, m, s, root / f"{r}-seed{s}"))
 
     config = build_config(base, None, args.overrides)
     parts_note = (
@@ -150,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
 
     append_result(
         args.results,
-        f"{Path(base).stem}: {', '.join(m for _, m in rows_to_train)}",
+        f"{Path(base).stem}: {', '.join(m for _, m, _, _ in rows_to_train)}",
         f"{parts_note} (the first preset's; each row trains with its own preset's method and optimiser); "
         f"scores on {SCORED_ON[load_splits(config.data).eval_split]}",
         table,

@@ -144,3 +144,44 @@ def test_collapsed_heads_are_reported_and_warned_about():
     with pytest.warns(UserWarning, match="2 of its 4 clusters are empty and the largest holds 88%"):
         sizes = head_cluster_sizes(collapsed)
     assert sizes["head_empty_clusters"] == 2 and sizes["head_cluster_sizes"] == [35, 5, 0, 0]
+
+
+@pytest.mark.parametrize("how", ["separate", "running", "batch", "joint"])
+def test_the_clean_view_is_normalised_as_clean_view_norm_says(how):
+    import copy
+
+    from clusterclr.losses.dec import clustering_loss
+
+    parts = build_parts(build_config(flags={"method.name": "center_predictor"}, overrides=TINY + [f"method.clean_view_norm={how}"]))
+    method = parts.method
+    method.on_epoch_start(0, training_images(parts))
+    images = parts.splits.train.images[:32]
+    torch.manual_seed(0)
+    batch = Batch(parts.views(images, 2), torch.arange(32), parts.views.clean(images))
+    # A copy of the backbone after a training-mode pass over ``inputs``, and the features it gave.
+    def train_pass(*inputs):
+        backbone = copy.deepcopy(method.backbone).train()
+        with torch.no_grad():
+            return backbone, backbone(torch.cat(inputs))
+
+    after_augmented, _ = train_pass(*batch.views)
+    augmented_only = after_augmented.stem[1].running_mean
+    after_joint, joint_features = train_pass(*batch.views, batch.clean)
+    with torch.no_grad():
+        clean_features = {
+            "running": after_augmented.eval()(batch.clean),  # the statistics as the augmented pass left them
+            "batch": train_pass(batch.clean)[1],
+            "separate": train_pass(batch.clean)[1],
+            "joint": joint_features[-32:],
+        }[how]
+    joint = after_joint.stem[1].running_mean
+    out = method.training_step(batch)
+    running_mean = method.backbone.stem[1].running_mean
+    if how == "joint":
+        assert torch.allclose(running_mean, joint)
+    elif how == "separate":  # the clean batch's statistics entered the running ones too
+        assert not torch.allclose(running_mean, augmented_only)
+    else:  # the clean pass left the running statistics to the augmented views
+        assert torch.equal(running_mean, augmented_only)
+    q = method.centres(clean_features)
+    assert out.logs["clustering"].item() == pytest.approx(clustering_loss(q, q.sum(0)).item(), rel=1e-5)

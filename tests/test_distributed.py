@@ -34,16 +34,21 @@ GLOBAL_BATCH = 16
 SIDE = 8
 HEADS = ["method.projection_hidden_dim=32", "method.projection_dim=16"]
 # One loss family each: NT-Xent, InfoNCE with a queue, CC's cluster columns and entropy, DEC target
-# and anchor, multi-positive NT-Xent and InfoNCE (SePP), SePP's partner term, ProtoNCE, SCAN's pairs and entropy.
+# and anchor, multi-positive NT-Xent and InfoNCE (SePP, with weighted and with uniform positives),
+# SePP's partner term, ProtoNCE (at full and ramped weight), SCAN's pairs and entropy. A key's first word is the method.
 METHODS = {
     "simclr": [],
     "moco_v2": ["method.queue_size=32"],
     "cc": ["method.cluster_hidden_dim=16"],
     "center_predictor": ["method.balance_weight=0.5"],
+    "center_predictor joint": ["method.clean_view_norm=joint"],
     "sepp_simclr": [],
+    "sepp_simclr uniform": ["positives.partner_share=null"],
     "sepp_moco_v2": ["method.queue_size=32"],
+    "sepp_moco_v2 uniform": ["method.queue_size=32", "positives.partner_share=null", "method.symmetric=true"],
     "sepp_simsiam": ["method.predictor_hidden_dim=8"],
     "pcl": ["method.queue_size=32", "method.granularities=[3,4]"],
+    "pcl ramped": ["method.queue_size=32", "method.granularities=[3,4]", "method.proto_ramp_epochs=4"],
     "scan": ["method.heads=3"],
 }
 DATA = DataInfo(num_images=64, num_classes=4, channels=1, image_size=(SIDE, SIDE), clusters=4)
@@ -71,10 +76,11 @@ def freeze_batch_norm(module: nn.Module) -> None:
             m.eval()
 
 
-def _method(name: str):
+def _method(key: str):
     torch.manual_seed(0)
+    name = key.split()[0]
     heads = [] if name == "scan" else HEADS  # SCAN has cluster heads, no projector
-    overrides = ["model.width=0.125", "train.device=cpu", "train.precision=fp32", *heads, *METHODS[name]]
+    overrides = ["model.width=0.125", "train.device=cpu", "train.precision=fp32", *heads, *METHODS[key]]
     method = build_model(build_config(flags={"method.name": name}, overrides=overrides), DATA, {"mean": [0.5], "std": [0.25]}).method
     freeze_batch_norm(method)
     method.train()
@@ -92,7 +98,7 @@ def _method(name: str):
             p.centroids.copy_(nn.functional.normalize(torch.randn(p.centroids.shape, generator=generator), dim=1))
             p.labels.copy_(torch.randint(0, p.num_clusters, p.labels.shape, generator=generator))
             p.concentration.copy_(torch.rand(p.num_clusters, generator=generator) * 0.3 + 0.1)
-        method._proto_active = True
+        method.proto_ramp.set_epoch(method.proto_ramp.warmup)
     return method
 
 
@@ -149,10 +155,10 @@ def _clustering_state(rank: int, tmp: str) -> None:
     images = torch.randint(0, 256, (DATA.num_images, 1, SIDE, SIDE), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
     for name, extra in (
         ("interclr", ["method.queue_size=32", "method.pseudo_label_clusters=6", "method.min_cluster_size=4", "method.refresh_every=1",
-                      "method.negative_pool=32", "method.negatives=8"]),
+                      "method.negative_pool=32", "method.negatives=8", "method.recluster_every=1"]),
         ("pcl", ["method.queue_size=32", "method.granularities=[5]", "method.warmup_epochs=0"]),
         ("center_predictor", []),
-        ("sepp_simclr", ["positives.warmup_epochs=0"]),
+        ("sepp_simclr", ["positives.warmup_epochs=0", "positives.space=whitened", "positives.quantile=0.3"]),
     ):
         torch.manual_seed(0)
         overrides = ["model.width=0.125", "train.device=cpu", "train.precision=fp32", *HEADS, *extra]
@@ -167,6 +173,7 @@ def _clustering_state(rank: int, tmp: str) -> None:
                 rows = torch.arange(step * GLOBAL_BATCH, (step + 1) * GLOBAL_BATCH)[rank * n : (rank + 1) * n]
                 method(Batch(model.views(images[rows], 2), rows)).loss.backward()
                 method.after_optimizer_step(0.0)
+            method.on_epoch_start(1, training_images)  # a k-means re-fit of the bank
         results[name] = {key: value.clone() for key, value in method.state_dict().items() if "encoder" not in key
                          and not key.startswith(("backbone", "projector", "predictor", "cluster_head"))}
         results[name]["features"] = training_images.encode(method.backbone, method.backbone)
@@ -188,6 +195,7 @@ def test_every_rank_holds_the_same_clustering(tmp_path):
     alone = TrainingImages(images, None, model.views, torch.device("cpu"), batch_size=12).encode(model.method.backbone, model.method.backbone)
     torch.testing.assert_close(ranks[0]["sepp_simclr"]["features"], alone, rtol=1e-5, atol=1e-6)
     assert (ranks[0]["interclr"]["bank.writes"] == 3).all()
+    assert (ranks[0]["sepp_simclr"]["partners"] >= 0).any()
     assert len(ranks[0]["interclr"]["bank.labels"].unique()) == 6
 
 

@@ -217,12 +217,14 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
     generator = np.random.default_rng(0)
     np.savez(data, x=generator.integers(0, 256, (60, 8, 8), dtype=np.uint8), y=np.arange(60) % 3)
     # 48 training images in 6 steps of 8 an epoch, a refresh every 4 steps: refreshes straddle the
-    # checkpoint; the inter-image loss starts in epoch 2, so the resumed run must know it is on.
+    # checkpoint; the inter-image loss starts in epoch 2 at half weight, after a k-means re-fit of the
+    # bank, so the resumed run must know its weight; epoch 3 re-fits the bank it resumed with.
     config = build_config(
-        flags={"train.epochs": 2, "data.dataset": "npz", "data.root": str(data)},
+        flags={"train.epochs": 3, "data.dataset": "npz", "data.root": str(data)},
         overrides=TINY + [
             "optim.batch_size=8", "method.queue_size=16", "method.pseudo_label_clusters=4", "method.min_cluster_size=3",
             "method.negative_pool=24", "method.negatives=8", "method.refresh_every=4", "method.warmup_epochs=1",
+            "method.inter_ramp_epochs=2", "method.recluster_every=1",
         ],
     )
     whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
@@ -241,11 +243,40 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
     monkeypatch.setattr(InterCLR, "training_step", real)
     clusterclr.resume(interrupted)
     losses = lambda run: [(r["step"], r["loss"]) for r in read_log(RunDir(run).log) if r["kind"] == "step"]  # noqa: E731
-    assert len(losses(whole)) == 12 and losses(interrupted) == losses(whole)
-    assert [("inter" in r) for r in read_log(RunDir(whole).log) if r["kind"] == "step"] == [False] * 6 + [True] * 6
+    assert len(losses(whole)) == 18 and losses(interrupted) == losses(whole)
+    assert [("inter" in r) for r in read_log(RunDir(whole).log) if r["kind"] == "step"] == [False] * 6 + [True] * 12
     a = torch.load(RunDir(whole).checkpoint, weights_only=True)["method"]
     b = torch.load(RunDir(interrupted).checkpoint, weights_only=True)["method"]
-    assert int(a["bank.writes"]) == 12
-    for key in ("bank.features", "bank.labels", "bank.centroids", "bank.writes"):
+    assert int(a["bank.writes"]) == 18
+    for key in ("bank.features", "bank.labels", "bank.centroids", "bank.writes", "inter_ramp.fraction"):
         assert torch.equal(a[key], b[key]), key
-    assert [r["epoch"] for r in read_log(RunDir(interrupted).log) if r["kind"] == "method"] == [0, 1]
+    for run in (whole, interrupted):
+        epochs = [r for r in read_log(RunDir(run).log) if r["kind"] == "method"]
+        assert [r["epoch"] for r in epochs] == [0, 1, 2]
+        assert [r["inter_fraction"] for r in epochs] == [0.0, 0.5, 1.0]
+        assert ["refit_inertia" in r for r in epochs] == [False, True, True]
+
+
+def test_the_bank_is_refitted_by_k_means_on_schedule_and_the_term_ramps_in():
+    torch.manual_seed(0)
+    parts = tiny_parts("method.warmup_epochs=2", "method.recluster_every=3", "method.inter_ramp_epochs=4")
+    method, images = parts.method, training_images(parts)
+    assert [e for e in range(12) if method.reclusters_at(e)] == [2, 5, 8, 11]
+    seeds = []
+    real_refit = method.bank.refit
+    method.bank.refit = lambda seed, restarts: seeds.append(seed) or real_refit(seed, restarts)
+    logs = [method.on_epoch_start(epoch, images) for epoch in range(7)]
+    assert [log["inter_fraction"] for log in logs] == [0, 0, 0.25, 0.5, 0.75, 1, 1]
+    # The first fit (epoch 0), then re-fits at epochs 2 and 5, each seeded by its epoch.
+    assert [epoch for epoch, log in enumerate(logs) if "refit_inertia" in log] == [2, 5]
+    assert len(seeds) == 3 and len(set(seeds)) == 3
+    # A re-fit is k-means of the bank as it is: labels follow its features, not the first fit's.
+    method.bank.features.copy_(F.normalize(torch.randn_like(method.bank.features), dim=1))
+    method.bank.refit(seed=3, restarts=1)
+    assert torch.equal(method.bank.labels, nearest_centroid(method.bank.features, method.bank.centroids))
+    # Half weight: the loss is the intra term plus half the inter term's share.
+    method.inter_ramp.set_epoch(3)
+    out = method.training_step(Batch(parts.views(parts.splits.train.images[:32], 2), torch.arange(32)))
+    expected = 0.75 * out.logs["intra"] + 0.5 * 0.25 * out.logs["inter"]
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+

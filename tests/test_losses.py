@@ -88,3 +88,44 @@ def test_loss_stays_fp32_under_bf16_autocast():
         mixed = nt_xent(z, mask, 0.2)
     assert mixed.dtype == torch.float32
     assert mixed.item() == pytest.approx(nt_xent(z, mask, 0.2).item(), rel=1e-6)
+
+
+def reference_weighted(z: torch.Tensor, weights: torch.Tensor, tau: float) -> float:
+    """The weighted multi-positive NT-Xent term by term in float64: each anchor's log-probabilities averaged by its weights."""
+    z = z.double() / z.double().norm(dim=1, keepdim=True)
+    losses = []
+    for a in range(len(z)):
+        total = sum(float(weights[a, p]) for p in range(len(z)) if p != a)
+        if total == 0:
+            continue
+        denominator = sum(math.exp(float(z[a] @ z[b]) / tau) for b in range(len(z)) if b != a)
+        weighted = sum(
+            float(weights[a, p]) * math.log(math.exp(float(z[a] @ z[p]) / tau) / denominator) for p in range(len(z)) if p != a
+        )
+        losses.append(-weighted / total)
+    return sum(losses) / len(losses)
+
+
+def test_weighted_positives_equal_float64_reference():
+    torch.manual_seed(2)
+    z = torch.randn(10, 6)
+    weights = torch.rand(10, 10) * (torch.rand(10, 10) > 0.5)
+    weights[4] = 0.0  # an anchor without positives does not count
+    weights[7, 7] = 5.0  # the self pair is excluded whatever its weight
+    loss = nt_xent(z, weights, 0.4)
+    assert loss.item() == pytest.approx(reference_weighted(z, weights, 0.4), rel=1e-5)
+    # Only the shares within a row matter, not the rows' scales.
+    rescaled = weights * torch.arange(1, 11, dtype=torch.float32)[:, None]
+    assert nt_xent(z, rescaled, 0.4).item() == pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_full_weights_give_the_boolean_mask_loss_exactly():
+    torch.manual_seed(3)
+    z = torch.randn(12, 5, requires_grad=True)
+    mask = torch.rand(12, 12) > 0.6
+    boolean = nt_xent(z, mask, 0.5)
+    (grad_boolean,) = torch.autograd.grad(boolean, z)
+    weighted = nt_xent(z, mask.float(), 0.5)
+    (grad_weighted,) = torch.autograd.grad(weighted, z)
+    assert torch.equal(boolean, weighted) and torch.equal(grad_boolean, grad_weighted)
+    assert boolean.item() == pytest.approx(reference_multi_positive(z.detach(), mask, 0.5), rel=1e-5)

@@ -197,7 +197,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
     np.savez(data, x=generator.integers(0, 256, (60, 8, 8), dtype=np.uint8), y=np.arange(60) % 3)
     config = build_config(
         flags={"train.epochs": 3, "data.dataset": "npz", "data.root": str(data)},
-        overrides=TINY + ["optim.batch_size=8", "method.queue_size=16", "method.granularities=[3,6]"],
+        # The prototype term at half weight in epoch 2, where the run is stopped: the resumed run must know it.
+        overrides=TINY + ["optim.batch_size=8", "method.queue_size=16", "method.granularities=[3,6]", "method.proto_ramp_epochs=2"],
     )
     whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
     clusterclr.train(config, out=whole)
@@ -219,5 +220,22 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
     a = torch.load(RunDir(whole).checkpoint, weights_only=True)["method"]
     b = torch.load(RunDir(interrupted).checkpoint, weights_only=True)["method"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    # The prototype term joins after the warm-up epoch.
+    # The prototype term joins after the warm-up epoch, at half weight, then full.
     assert [("proto_nce" in r) for r in read_log(RunDir(whole).log) if r["kind"] == "step"] == [False] * 6 + [True] * 12
+    assert [r["proto_fraction"] for r in read_log(RunDir(interrupted).log) if r["kind"] == "method"] == [0.5, 1.0]
+
+
+def test_the_prototype_term_ramps_in_after_the_warm_up():
+    torch.manual_seed(0)
+    parts = tiny_parts("method.warmup_epochs=2", "method.proto_ramp_epochs=3", "method.proto_weight=2")
+    method, images = parts.method, training_images(parts)
+    batch = Batch(parts.views(parts.splits.train.images[:32], 2), torch.arange(32))
+    fractions = []
+    for epoch in range(6):
+        logs = method.on_epoch_start(epoch, images)
+        fractions.append(logs.get("proto_fraction", 0.0))
+        out = method.training_step(batch)
+        expected = out.logs["info_nce"] + (fractions[-1] * 2 * out.logs["proto_nce"] if fractions[-1] else 0)
+        assert out.loss.item() == pytest.approx(float(expected), rel=1e-6)
+    assert fractions == pytest.approx([0, 0, 1 / 3, 2 / 3, 1, 1])
+

@@ -176,7 +176,8 @@ def test_semantic_partners_mined_by_a_weights_file(files):
     with torch.no_grad():
         resized = torch.nn.functional.interpolate(grey_as_rgb, size=(28, 28), mode="bilinear", antialias=True, align_corners=False)
         expected = loaded.backbone.eval()(resized)
-    assert torch.equal(parts.method.partners, mine_partners(expected, 1).partners)
+    p = config.positives
+    assert torch.equal(parts.method.partners, mine_partners(expected, 1, space=p.space, mutual=p.mutual, quantile=p.quantile).partners)
     assert [e for e in range(4) if parts.method.is_mining_epoch(e)] == [0]
 
 

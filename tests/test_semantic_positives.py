@@ -17,6 +17,7 @@ from clusterclr.positives import sampler
 from clusterclr.positives.semantic import (
     MinedPairs,
     mine_partners,
+    mining_space,
     own_key_or_partners,
     pair_diagnostics,
     partner_mask,
@@ -51,6 +52,51 @@ def test_mining_top1_on_hand_built_embeddings():
     assert pairs.partners.tolist() == [[1], [0], [3], [2], [3]]
     expected = [math.cos(math.radians(d)) for d in (10, 10, 5, 5, 85)]
     assert pairs.similarities[:, 0].tolist() == pytest.approx(expected, abs=1e-6)
+
+
+# Four points far from the origin along one line: raw cosines see their angles from the origin,
+# centred ones which side of the mean they lie on (0 and 3 below it, 1 and 2 above).
+LINE = torch.tensor([[5.0, 0.0], [5.0, 1.0], [5.0, 2.5], [5.0, -3.0]])  # at 0°, 11.3°, 26.6° and -31.0°
+
+
+def test_centred_mining_sees_the_features_around_their_mean():
+    assert mine_partners(LINE, 1).partners.flatten().tolist() == [1, 0, 1, 0]
+    assert mine_partners(LINE, 1, space="centred").partners.flatten().tolist() == [3, 2, 1, 0]
+    torch.manual_seed(0)
+    x = torch.randn(30, 4) + 3
+    centred = mine_partners(x, 3, space="centred")
+    assert torch.equal(centred.partners, mine_partners(x - x.mean(0), 3).partners)
+
+
+def test_whitened_features_have_identity_covariance_and_ignore_scales():
+    torch.manual_seed(1)
+    x = torch.randn(200, 5) @ torch.randn(5, 5) + 2
+    white = mining_space(x, "whitened").double()
+    torch.testing.assert_close(white.T @ white / len(white), torch.eye(5, dtype=torch.float64), atol=1e-4, rtol=0)
+    # Whitening undoes any invertible linear map of the features, so the partners stay the same.
+    mixed = x @ torch.tensor([[3.0, 1, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 0.1, 0, 0], [0, 0, 0, 2, 1], [0, 0, 0, 0, 1]])
+    assert torch.equal(mine_partners(x, 2, space="whitened").partners, mine_partners(mixed, 2, space="whitened").partners)
+    # Fewer images than dimensions: directions without variance are dropped, not divided by zero.
+    assert torch.isfinite(mining_space(torch.randn(3, 8), "whitened")).all()
+
+
+def test_mutual_filter_keeps_only_pairs_mined_both_ways():
+    # Raw top-1: 0 <-> 1 mutual; 2 -> 1 and 3 -> 0 are not returned.
+    assert mine_partners(LINE, 1, mutual=True).partners.flatten().tolist() == [1, 0, -1, -1]
+    # Top-2: 0: 1, 2; 1: 0, 2; 2: 1, 0; 3: 0, 1 -> every pair but those with 3, which no one mines back.
+    mutual = mine_partners(LINE, 2, mutual=True)
+    assert mutual.partners.tolist() == [[1, 2], [0, 2], [1, 0], [-1, -1]]
+    assert torch.isnan(mutual.similarities[3]).all()
+
+
+def test_quantile_filter_keeps_the_most_similar_pairs():
+    # Raw top-1 similarities: cos 11.3° (rows 0, 1), cos 15.3° (row 2), cos 31.0° (row 3); the median is row 2's.
+    assert mine_partners(LINE, 1, quantile=0.5).partners.flatten().tolist() == [1, 0, 1, -1]
+    assert mine_partners(LINE, 1, quantile=0.0).partners.flatten().tolist() == [1, 0, 1, 0]
+    kept = mine_partners(LINE, 1, quantile=0.5, mutual=True)
+    assert kept.partners.flatten().tolist() == [1, 0, -1, -1]
+    with pytest.raises(ValueError, match="quantile"):
+        mine_partners(LINE, 1, quantile=1.0)
 
 
 def test_mining_threshold_drops_weak_partners_and_pads():
@@ -185,7 +231,14 @@ def test_widened_masks_add_partners_to_the_instance_positives():
 # -- losses against float64 references -------------------------------------------------------
 
 
-def reference_simclr_with_partners(z1, z2, partner_pairs, tau):
+def shared_mean(own: list[float], partners: list[float], share: float | None) -> float:
+    """The mean of log-probabilities over an anchor's positives: all alike (share None), or own 1 − share, partners share."""
+    if share is None or not partners:
+        return sum(own + partners) / len(own + partners)
+    return (1 - share) * sum(own) / len(own) + share * sum(partners) / len(partners)
+
+
+def reference_simclr_with_partners(z1, z2, partner_pairs, tau, share=None):
     """Multi-positive NT-Xent written out: a view's positives are its image's other view and both views of its partners."""
     z = torch.cat([z1, z2]).double()
     z = z / z.norm(dim=1, keepdim=True)
@@ -194,22 +247,24 @@ def reference_simclr_with_partners(z1, z2, partner_pairs, tau):
     partnered = {(a, b) for a, b in partner_pairs} | {(b, a) for a, b in partner_pairs}
     total = 0.0
     for a in range(2 * n):
-        positives = [p for p in range(2 * n) if p != a and (image(p) == image(a) or (image(a), image(p)) in partnered)]
         denominator = sum(math.exp(float(z[a] @ z[b]) / tau) for b in range(2 * n) if b != a)
-        total += -sum(math.log(math.exp(float(z[a] @ z[p]) / tau) / denominator) for p in positives) / len(positives)
+        log_prob = lambda p: math.log(math.exp(float(z[a] @ z[p]) / tau) / denominator)  # noqa: E731
+        own = [log_prob(p) for p in range(2 * n) if p != a and image(p) == image(a)]
+        partners = [log_prob(p) for p in range(2 * n) if (image(a), image(p)) in partnered]
+        total += -shared_mean(own, partners, share)
     return total / (2 * n)
 
 
-def reference_moco_with_partners(q, k, queue, partner_pairs, tau):
+def reference_moco_with_partners(q, k, queue, partner_pairs, tau, share=None):
     """InfoNCE written out: query i's positives are key i and its partners' keys; negatives the rest and the queue."""
     q, candidates = q.double(), torch.cat([k, queue]).double()
     q, candidates = q / q.norm(dim=1, keepdim=True), candidates / candidates.norm(dim=1, keepdim=True)
     partnered = {(a, b) for a, b in partner_pairs} | {(b, a) for a, b in partner_pairs}
     total = 0.0
     for i in range(len(q)):
-        positives = [i] + [j for j in range(len(k)) if (i, j) in partnered]
         denominator = sum(math.exp(float(q[i] @ c) / tau) for c in candidates)
-        total += -sum(math.log(math.exp(float(q[i] @ candidates[p]) / tau) / denominator) for p in positives) / len(positives)
+        log_prob = lambda p: math.log(math.exp(float(q[i] @ candidates[p]) / tau) / denominator)  # noqa: E731
+        total += -shared_mean([log_prob(i)], [log_prob(j) for j in range(len(k)) if (i, j) in partnered], share)
     return total / len(q)
 
 
@@ -220,21 +275,38 @@ def mask_of(pairs, n):
     return mask
 
 
-@pytest.mark.parametrize("pairs", [[], [(0, 3)], [(0, 3), (1, 2), (3, 4)]])
-def test_simclr_with_partners_equals_float64_reference(pairs):
+PAIRS = [[], [(0, 3)], [(0, 3), (1, 2), (3, 4)]]
+
+
+@pytest.mark.parametrize("share", [None, 0.5, 0.2])
+@pytest.mark.parametrize("pairs", PAIRS)
+def test_simclr_with_partners_equals_float64_reference(pairs, share):
     torch.manual_seed(len(pairs))
     z1, z2 = torch.randn(6, 8), torch.randn(6, 8) * 2
-    loss = nt_xent(torch.cat([z1, z2]), same_image_or_partners(mask_of(pairs, 6), 2), 0.5)
-    assert loss.item() == pytest.approx(reference_simclr_with_partners(z1, z2, pairs, 0.5), rel=1e-5)
+    loss = nt_xent(torch.cat([z1, z2]), same_image_or_partners(mask_of(pairs, 6), 2, share), 0.5)
+    assert loss.item() == pytest.approx(reference_simclr_with_partners(z1, z2, pairs, 0.5, share), rel=1e-5)
 
 
-@pytest.mark.parametrize("pairs", [[], [(0, 3)], [(0, 3), (1, 2), (3, 4)]])
-def test_moco_with_partners_equals_float64_reference(pairs):
+@pytest.mark.parametrize("share", [None, 0.5, 0.2])
+@pytest.mark.parametrize("pairs", PAIRS)
+def test_moco_with_partners_equals_float64_reference(pairs, share):
     torch.manual_seed(10 + len(pairs))
     q, k, queue = torch.randn(5, 8), torch.randn(5, 8), torch.randn(11, 8)
     candidates = torch.cat([k, queue])
-    loss = info_nce(q, candidates, own_key_or_partners(mask_of(pairs, 5), len(candidates)), 0.2)
-    assert loss.item() == pytest.approx(reference_moco_with_partners(q, k, queue, pairs, 0.2), rel=1e-5)
+    loss = info_nce(q, candidates, own_key_or_partners(mask_of(pairs, 5), len(candidates), share=share), 0.2)
+    assert loss.item() == pytest.approx(reference_moco_with_partners(q, k, queue, pairs, 0.2, share), rel=1e-5)
+
+
+def test_a_share_leaves_the_own_view_its_part_of_the_weight():
+    # Image 0 has partners 1 and 2, image 3 none: view 0's positives are view 4 (its own) and views 1, 2, 5, 6.
+    partners = mask_of([(0, 1), (0, 2)], 4)
+    weights = same_image_or_partners(partners, 2, share=0.25)
+    assert weights.dtype == torch.float32 and torch.allclose(weights.sum(1), torch.ones(8))
+    assert weights[0, 4].item() == pytest.approx(0.75)
+    assert weights[0, [1, 2, 5, 6]].tolist() == pytest.approx([0.0625] * 4)
+    assert weights[3].nonzero().flatten().tolist() == [7] and weights[3, 7].item() == 1.0
+    # Without a share each positive weighs the same: the boolean mask, own view 1 of 5.
+    assert torch.equal(same_image_or_partners(partners, 2), weights > 0)
 
 
 def test_partner_attraction_equals_reference_and_stops_gradient_at_the_target():
@@ -285,8 +357,8 @@ def test_sepp_equals_its_base_without_pairs_and_differs_with_them(base):
 def test_moco_mines_with_its_momentum_backbone_and_no_gradient_reaches_it():
     parts = sepp_parts("moco_v2")
     method = parts.method
-    encoder, modules = method.mining_encoder()
-    assert encoder is method.momentum_encoder.network[0] and modules == (method.momentum_encoder,)
+    encoder, modules, batch_statistics = method.mining_encoder()
+    assert encoder is method.momentum_encoder.network[0] and modules == (method.momentum_encoder,) and not batch_statistics
     images = parts.splits.train.images[:16]
     method.partners[torch.arange(16), 0] = torch.arange(16) ^ 1
     method.training_step(Batch(parts.views(images, 2), torch.arange(16))).loss.backward()
@@ -304,10 +376,11 @@ def test_pairs_refresh_on_schedule_and_land_in_the_buffer(monkeypatch):
     mined_at = []
     mine = sampler.mine_partners
 
-    def counting(features, neighbours, threshold):
+    def counting(features, neighbours, threshold, **filters):
         mined_at.append(epoch)
         assert features.shape == (len(parts.splits.train), parts.method.backbone.feature_dim)
-        return mine(features, neighbours, threshold)
+        assert filters == {"space": "centred", "mutual": True, "quantile": None}
+        return mine(features, neighbours, threshold, mutual=False)
 
     monkeypatch.setattr(sampler, "mine_partners", counting)
     images = training_images(parts)
@@ -323,6 +396,35 @@ def test_pairs_refresh_on_schedule_and_land_in_the_buffer(monkeypatch):
     assert (partners >= 0).all() and not (partners == torch.arange(len(partners))[:, None]).any()
 
 
+def test_without_a_refresh_period_partners_are_mined_once_after_the_warm_up():
+    parts = sepp_parts("simclr", "positives.warmup_epochs=3", "positives.refresh_every=null")
+    assert [e for e in range(20) if parts.method.is_mining_epoch(e)] == [3]
+
+
+def test_simclr_can_mine_with_an_ema_of_its_backbone():
+    parts = sepp_parts("simclr", "positives.mine_with=momentum", "positives.momentum=0.5")
+    method = parts.method
+    encoder, modules, batch_statistics = method.mining_encoder()
+    assert encoder is method.mining_ema and modules == (method.mining_ema,) and batch_statistics
+    assert all(not p.requires_grad for p in method.mining_ema.parameters())
+    online = dict(method.backbone.named_parameters())
+    before = {k: p.clone() for k, p in method.mining_ema.network[0].named_parameters()}
+    images = parts.splits.train.images[:16]
+    method.training_step(Batch(parts.views(images, 2), torch.arange(16))).loss.backward()
+    torch.optim.SGD(method.parameters(), lr=0.5).step()
+    method.after_optimizer_step(0.1)
+    for key, value in method.mining_ema.network[0].named_parameters():
+        torch.testing.assert_close(value, 0.5 * before[key] + 0.5 * online[key].detach())
+    # Its batch norm never runs in training steps: it mines with the clean images' own statistics.
+    logs = method.on_epoch_start(10, training_images(parts))
+    assert logs["pairs"] > 0
+    # The default mines with the backbone itself and keeps no copy.
+    plain = sepp_parts("simclr").method
+    assert plain.mining_ema is None and plain.mining_encoder()[0] is plain.backbone
+    moco = sepp_parts("moco_v2", "positives.mine_with=online").method
+    assert moco.mining_encoder()[0] is moco.backbone and moco.mining_ema is None
+
+
 def test_a_given_encoder_is_mined_once_from_the_start_with_its_own_views(tmp_path):
     encoder_run = tmp_path / "encoder"
     clusterclr.train(build_config(flags={"train.epochs": 0}, overrides=TINY + HEADS["simclr"]), out=encoder_run)
@@ -332,7 +434,10 @@ def test_a_given_encoder_is_mined_once_from_the_start_with_its_own_views(tmp_pat
         given, _ = load_model(RunDir(encoder_run))
         features = training_images(parts)
         expected = mine_partners(
-            TrainingImages(features.images, None, given.views, given.device, 512).encode(given.method.embed, given.method), 1
+            TrainingImages(features.images, None, given.views, given.device, 512).encode(given.method.embed, given.method),
+            1,
+            space="centred",  # the defaults
+            mutual=True,
         ).partners
         assert parts.method.on_epoch_start(0, features)["pairs"] > 0
         assert torch.equal(parts.method.partners, expected)
@@ -399,6 +504,23 @@ def test_positives_config_defaults_and_errors(tmp_path):
         build_config(flags={"method.name": "sepp_simclr"}, overrides=["positives.k=3"])
     with pytest.raises(UserError, match="'method.partner_weight'"):
         build_config(flags={"method.name": "sepp_simsiam"}, overrides=["method.partner_weight=-1"])
+    defaults = build_config(flags={"method.name": "sepp_moco_v2"}).positives
+    assert (defaults.space, defaults.mutual, defaults.quantile, defaults.partner_share) == ("centred", True, None, 0.5)
+
+
+@pytest.mark.parametrize(
+    "method, override, message",
+    [
+        ("sepp_simsiam", "positives.partner_share=0.3", "positives.partner_share=0.3 does not apply to method 'sepp_simsiam'"),
+        ("sepp_simclr", "positives.partner_share=1", "'positives.partner_share'"),
+        ("sepp_simclr", "positives.quantile=1", "'positives.quantile'"),
+        ("sepp_simclr", "positives.space=sphered", "'positives.space'"),
+        ("sepp_simclr", "positives.mine_with=target", "'positives.mine_with'"),
+    ],
+)
+def test_bad_mining_options_are_reported(method, override, message):
+    with pytest.raises(UserError, match=message):
+        build_config(flags={"method.name": method}, overrides=[override])
 
 
 def test_saved_configs_validate_again():

@@ -255,19 +255,38 @@ class EvalConfig(_Section):
 
 
 class PositivesConfig(_Section):
-    """Semantic positive pairs (SePP): how partners are mined, for the methods that take them."""
+    """Semantic positive pairs (SePP): how partners are mined and weighed, for the methods that take them.
 
-    # None: the model being trained (its momentum encoder where it has one); else a run
-    # directory or checkpoint file of a trained model. Stored absolute, like data.root.
+    ``positives/semantic.py`` says what each filter does and why.
+    """
+
+    # None: the model being trained (see mine_with); else a run directory or checkpoint file of a
+    # trained model. Stored absolute, like data.root.
     encoder: str | None = None
-    # Partners per image: its most similar other images, before the threshold.
+    # Partners per image: its most similar other images, before the filters.
     neighbours: PositiveInt = 1
-    # Cosine-similarity floor a partner must reach; None keeps the top-k whatever their similarity.
+    # Where similarities are measured: the features as they are, centred on their mean, or PCA-whitened.
+    space: Literal["raw", "centred", "whitened"] = "centred"
+    # Keep a neighbour only if the image is among the neighbour's own neighbours too.
+    mutual: bool = True
+    # Keep only pairs whose similarity reaches this quantile of all mined similarities; None keeps all.
+    quantile: float | None = Field(None, ge=0, lt=1)
+    # Cosine-similarity floor (in the mining space) a partner must reach; None: no floor.
     threshold: float | None = Field(None, ge=-1, le=1)
-    # Re-mine every N epochs (the model being trained changes; a given encoder is mined once).
-    refresh_every: PositiveInt = 5
+    # The partners' part of an anchor's positive weight, its own image's views keeping the rest;
+    # None: every positive weighs the same (the paper's loss). sepp_simsiam weighs by method.partner_weight.
+    partner_share: float | None = Field(0.5, ge=0, lt=1)
+    # Re-mine every N epochs (the model being trained changes); None: mine once, after the warm-up.
+    # A given encoder is mined once either way.
+    refresh_every: PositiveInt | None = 5
     # Plain instance epochs before the first mining; None: 0 with a given encoder, else 10.
     warmup_epochs: NonNegativeInt | None = None
+    # Which network of the model being trained mines: online (its backbone), momentum (its momentum
+    # encoder's backbone; for methods without one, an EMA copy of the backbone kept for mining), or
+    # auto (momentum where the method has a momentum encoder, else online).
+    mine_with: Literal["auto", "online", "momentum"] = "auto"
+    # EMA momentum of that copy, for methods without a momentum encoder of their own.
+    momentum: float = Field(0.99, ge=0, lt=1)
 
     @field_validator("encoder")
     @classmethod

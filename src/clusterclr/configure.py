@@ -142,6 +142,13 @@ def _validate_positives(config: Config, source: str) -> None:
         # The method's own defaults (SCAN mines 20 neighbours), under what the config sets.
         given = {} if config.positives is None else config.positives.model_dump(exclude_unset=True)
         config.positives = PositivesConfig(**{**method.positives_defaults, **given})
+        # Compared with the default rather than checked for presence: a saved config writes every key out.
+        share = config.positives.partner_share
+        if share != PositivesConfig().partner_share and not method.weighs_by_share:
+            raise UserError(
+                f"{source}: positives.partner_share={share} does not apply to method '{config.method.name}': "
+                f"its partner term is weighed by method.partner_weight"
+            )
     elif config.positives is not None:
         keys = ", ".join(f"positives.{k}" for k in sorted(config.positives.model_fields_set)) or "positives"
         raise UserError(

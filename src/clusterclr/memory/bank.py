@@ -5,7 +5,10 @@ by k-means. From then on each step overwrites the batch's rows with the
 momentum encoder's keys and relabels them to their most similar centroid,
 and every ``refresh_every`` writes the centroids are recomputed from the
 whole bank, small clusters dissolved and empty ones refilled by splitting
-the largest (``clustering/online.py``). Everything is a registered buffer,
+the largest (``clustering/online.py``). ``refit`` clusters the bank's
+current features afresh by k-means, for a method that re-fits on a
+schedule: online updates only move the centroids a little at a time, so
+clusters fitted to an untrained encoder's features otherwise linger. Everything is a registered buffer,
 the write counter included, so a checkpoint carries the bank and a resumed
 run refreshes at the same steps.
 
@@ -67,20 +70,29 @@ class MemoryBank(nn.Module):
         return len(self.centroids)
 
     @torch.no_grad()
-    def initialise(self, features: torch.Tensor, seed: int, restarts: int = 3) -> None:
-        """Fill the bank with ``features`` (N × D) and label them by spherical k-means, then refresh."""
+    def initialise(self, features: torch.Tensor, seed: int, restarts: int = 3) -> float:
+        """Fill the bank with ``features`` (N × D) and label them by spherical k-means, then refresh; returns the inertia."""
         if features.shape != self.features.shape:
             raise ValueError(f"expected features of shape {tuple(self.features.shape)}, got {tuple(features.shape)}")
-        features = F.normalize(features.float(), dim=1)
+        self.features.copy_(F.normalize(features.float(), dim=1))
+        inertia = self.refit(seed, restarts)
+        self.writes.zero_()
+        self._writes = 0
+        return inertia
+
+    @torch.no_grad()
+    def refit(self, seed: int, restarts: int = 3) -> float:
+        """Label the bank's features afresh by spherical k-means, then refresh; returns the k-means inertia.
+
+        Every rank holds the same bank; rank 0 clusters it and broadcasts.
+        """
         fitted = distributed.on_main_then_broadcast(
-            kmeans, features.cpu(), self.num_clusters, seed=seed, restarts=restarts, spherical=True
+            kmeans, self.features.float().cpu(), self.num_clusters, seed=seed, restarts=restarts, spherical=True
         )
-        self.features.copy_(features)
         self.labels.copy_(torch.from_numpy(fitted.assignments))
         self.centroids.copy_(torch.from_numpy(fitted.centroids))
         self.refresh()
-        self.writes.zero_()
-        self._writes = 0
+        return fitted.inertia
 
     @torch.no_grad()
     def write(self, indices: torch.Tensor, keys: torch.Tensor) -> None:

@@ -14,11 +14,24 @@ The paper sets the centres by k-means on the untrained backbone's features.
 ``cluster_warmup_epochs`` delays that (and the two cluster losses) until the
 instance loss has shaped the features: centres fitted to random features
 are left behind as the backbone learns, and most of them end up empty.
+
+``clean_view_norm`` says how batch norm treats the clean view, which the
+paper passes through the backbone on its own in training mode
+(``separate``): normalised by the clean batch's statistics, which also
+enter the running statistics, so evaluation (running statistics, about
+half from augmented batches) sees features on another scale than the
+centres were fitted to (8% of head assignments differed at
+initialisation). ``running`` normalises the clean view as evaluation does
+and leaves the running statistics to the augmented views; ``batch`` uses
+the clean batch's statistics without keeping them; ``joint`` passes the
+clean view in one forward with the augmented ones, one set of statistics
+for all three.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import nullcontext
+from typing import Any, Literal
 
 import torch
 from pydantic import (
@@ -40,6 +53,7 @@ from clusterclr.methods.diagnostics import clusters_used, normalised_std
 from clusterclr.methods.global_views import GlobalViews
 from clusterclr.methods.registry import register_method
 from clusterclr.methods.training_images import TrainingImages
+from clusterclr.models.batch_norm import batch_statistics_only, running_statistics
 from clusterclr.models.cluster_heads import StudentTCentres
 from clusterclr.models.heads import SimCLRProjector
 from clusterclr.optim import ParameterGroup
@@ -58,6 +72,9 @@ class CenterPredictorOptions(MethodOptions):
     balance_weight: NonNegativeFloat = 0.0  # λ on log K − H(cluster marginal); not in the paper
     # The centres' learning rate as a multiple of the base rate (DEC-style centres often train at ×10–×100).
     centre_lr_scale: PositiveFloat = 1.0
+    # Batch norm on the clean view: its own training-mode pass (the paper), the running statistics,
+    # its batch statistics without keeping them, or one pass with the augmented views.
+    clean_view_norm: Literal["separate", "running", "batch", "joint"] = "separate"
 
     @model_validator(mode="after")
     def _some_loss(self) -> CenterPredictorOptions:
@@ -87,9 +104,10 @@ class CenterPredictor(Method):
     def on_epoch_start(self, epoch: int, images: TrainingImages) -> dict[str, Any]:
         if self.centres.initialised or epoch < self.options.cluster_warmup_epochs:
             return {}
-        # k-means on the clean-view features, with batch statistics: the scale the
-        # Student-t kernel sees them at in training steps.
-        features = images.encode(self.backbone, self.backbone, batch_statistics=True)
+        # k-means on the clean-view features at the scale the Student-t kernel sees them at in
+        # training steps: batch statistics, unless the clean view is normalised by running ones.
+        running = self.options.clean_view_norm == "running"
+        features = images.encode(self.backbone, self.backbone, batch_statistics=not running)
         fitted = distributed.on_main_then_broadcast(
             kmeans, features.cpu(), len(self.centres.centres), seed=images.seed, restarts=self.options.init_kmeans_restarts
         )
@@ -100,14 +118,16 @@ class CenterPredictor(Method):
 
     def training_step(self, batch: Batch) -> StepOutput:
         o = self.options
-        augmented = self.backbone(torch.cat(batch.views))
-        z = self.projector(augmented)
-        instance = GlobalViews.of(z, batch.indices, len(batch.views), self.gather_negatives).nt_xent(o.temperature)
         if self._clustering is None:
             self._clustering = bool(self.centres.initialised)
+        joint = self._clustering and o.clean_view_norm == "joint"
+        features = self.backbone(torch.cat([*batch.views, batch.clean] if joint else batch.views))
+        augmented = features[: -len(batch.clean)] if joint else features
+        z = self.projector(augmented)
+        instance = GlobalViews.of(z, batch.indices, len(batch.views), self.gather_negatives).nt_xent(o.temperature)
         if not self._clustering:
             return StepOutput(instance, {"loss": instance.detach(), "output_std": normalised_std(z)})
-        q_clean = self.centres(self.backbone(batch.clean))
+        q_clean = self.centres(features[-len(batch.clean) :] if joint else self._clean_features(batch.clean))
         # DEC's target divides by each cluster's soft frequency over the global batch.
         clustering = clustering_loss(q_clean, distributed.all_sum(q_clean.detach().float().sum(0)))
         anchor = anchor_loss(q_clean, list(self.centres(augmented).chunk(len(batch.views))))
@@ -123,6 +143,13 @@ class CenterPredictor(Method):
             "clusters_used": clusters_used(q_clean),
             "output_std": normalised_std(z),
         })
+
+    def _clean_features(self, clean: torch.Tensor) -> torch.Tensor:
+        """The backbone on the clean view in a pass of its own, batch norm as ``clean_view_norm`` says."""
+        how = self.options.clean_view_norm
+        norm = running_statistics if how == "running" else batch_statistics_only if how == "batch" else None
+        with norm(self.backbone) if norm else nullcontext():
+            return self.backbone(clean)
 
     def parameter_groups(self) -> list[ParameterGroup]:
         return [ParameterGroup("centres", (self.centres.centres,), self.options.centre_lr_scale, weight_decay=0.0)]

@@ -13,6 +13,15 @@ features of every clean training image and clustered by k-means. After
 each optimiser step the batch's keys overwrite their images' rows and are
 relabelled to the nearest centroid; every ``refresh_every`` steps the
 centroids are recomputed, small clusters dissolved and empty ones refilled.
+
+Three additions of ours, for short schedules (the paper trains 200 epochs
+on ImageNet): the inter-image term waits ``warmup_epochs`` (the bank still
+follows the keys) and then ramps in over ``inter_ramp_epochs``; and every
+``recluster_every`` epochs from the end of the warm-up, k-means re-fits the
+bank's clusters to its current features. Without re-fitting, the clusters
+fitted to the untrained encoder only drift by online updates: on the
+CIFAR-10 subset a cluster mate shared the query's class 14–18% of the time
+over 40 epochs (10% by chance).
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from clusterclr.memory.bank import MemoryBank
 from clusterclr.methods.base import Batch, DataInfo, StepOutput
 from clusterclr.methods.diagnostics import normalised_std
 from clusterclr.methods.moco_v2 import MoCoV2, MoCoV2Options
+from clusterclr.methods.ramp import EpochRamp
 from clusterclr.methods.registry import register_method
 from clusterclr.methods.training_images import TrainingImages
 from clusterclr.positives.cluster_mates import cluster_mates, semi_hard_negatives
@@ -57,8 +67,11 @@ class InterCLROptions(MoCoV2Options):
     negatives: PositiveInt = 16384  # per query
     negative_pool: PositiveInt = 128000  # the most similar bank entries they are drawn from
     bank_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    init_kmeans_restarts: PositiveInt = 3
+    init_kmeans_restarts: PositiveInt = 3  # of every k-means of the bank, the first and the re-fits
     warmup_epochs: NonNegativeInt = 0  # epochs of MoCo alone (the bank still follows the keys)
+    inter_ramp_epochs: NonNegativeInt = 0  # epochs over which inter_weight rises to full after the warm-up
+    # Re-fit the bank's clusters by k-means every N epochs from the end of the warm-up; 0: never (the paper).
+    recluster_every: NonNegativeInt = 5
 
     @model_validator(mode="after")
     def _consistent(self) -> InterCLROptions:
@@ -75,6 +88,8 @@ class InterCLR(MoCoV2):
 
     name = "interclr"
     Options = InterCLROptions
+    # The on/off switch of earlier versions is the ramp's fraction now (True: 1).
+    legacy_state_prefixes: ClassVar[dict[str, str]] = {**MoCoV2.legacy_state_prefixes, "inter_active": "inter_ramp.fraction"}
 
     def __init__(self, backbone: nn.Module, options: InterCLROptions, data: DataInfo, gather_negatives: bool = True) -> None:
         super().__init__(backbone, options, data, gather_negatives)
@@ -97,36 +112,42 @@ class InterCLR(MoCoV2):
             getattr(torch, options.bank_dtype),
         )
         self._bank_update: tuple[torch.Tensor, torch.Tensor] | None = None
-        # Whether the inter-image loss is on, in a buffer too: a run resumed mid-epoch skips
-        # on_epoch_start and reads the switch back from its checkpoint.
-        self.register_buffer("inter_active", torch.tensor(options.warmup_epochs == 0))
-        self._inter_active = options.warmup_epochs == 0
-        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_inter_active", bool(module.inter_active)))
+        self.inter_ramp = EpochRamp(options.warmup_epochs, options.inter_ramp_epochs)
         self._true_labels: torch.Tensor | None = None  # diagnostics only
 
+    def reclusters_at(self, epoch: int) -> bool:
+        """Whether the bank is re-fitted by k-means before ``epoch`` (never before the first: it is fitted then)."""
+        every, start = self.options.recluster_every, self.options.warmup_epochs
+        return every > 0 and epoch > 0 and epoch >= start and (epoch - start) % every == 0
+
     def on_epoch_start(self, epoch: int, images: TrainingImages) -> dict[str, Any]:
+        o = self.options
+        logs: dict[str, Any] = {}
         if epoch == 0:
             # Batch statistics: the untrained encoder's running statistics describe nothing yet.
             features = images.encode(self.momentum_encoder, self.momentum_encoder, batch_statistics=True)
-            self.bank.initialise(features, seed=images.seed, restarts=self.options.init_kmeans_restarts)
-        self._inter_active = epoch >= self.options.warmup_epochs
-        self.inter_active.fill_(self._inter_active)
+            self.bank.initialise(features, seed=images.seed, restarts=o.init_kmeans_restarts)
+        elif self.reclusters_at(epoch):
+            seed = (images.seed * 1_000_003 + epoch) % 2**31
+            logs["refit_inertia"] = self.bank.refit(seed, o.init_kmeans_restarts)
+        logs["inter_fraction"] = self.inter_ramp.set_epoch(epoch)
         self._true_labels = None if images.labels is None else images.labels.to(self.bank.labels.device)
-        return pseudo_label_report(self.bank.labels, self.bank.num_clusters, images.labels)
+        return {**logs, **pseudo_label_report(self.bank.labels, self.bank.num_clusters, images.labels)}
 
     def training_step(self, batch: Batch) -> StepOutput:
         o = self.options
         contrast = self.contrast_with_queue(batch)
         intra_loss, queries, keys = contrast.loss, contrast.queries, contrast.keys
         logs: dict[str, torch.Tensor] = {}
-        inter = [self._inter_image_loss(q, batch.indices, logs) for q in queries] if self._inter_active else []
+        fraction = self.inter_ramp.value
+        inter = [self._inter_image_loss(q, batch.indices, logs) for q in queries] if fraction > 0 else []
         # Like the queue, the bank takes this batch's keys only after the optimiser step (one key per image),
         # every rank's, so that all ranks keep the same bank.
         self._bank_update = (distributed.gather(batch.indices), keys[0])
         logs.update(intra=intra_loss.detach(), output_std=normalised_std(queries[-1]))
         if inter:
             inter_loss = torch.stack(inter).mean()
-            loss = o.intra_weight * intra_loss + o.inter_weight * inter_loss
+            loss = o.intra_weight * intra_loss + fraction * o.inter_weight * inter_loss
             logs["inter"] = inter_loss.detach()
         else:
             loss = intra_loss

@@ -6,7 +6,9 @@ own temperature, the concentration of its cluster (``losses/proto_nce.py``).
 After ``warmup_epochs`` of InfoNCE alone, every epoch starts by encoding
 every clean training image with the momentum encoder and clustering the
 features afresh (``clustering/prototypes.py``). Loss: InfoNCE +
-``proto_weight``·ProtoNCE term.
+``proto_weight``·ProtoNCE term, the weight rising linearly to full over
+``proto_ramp_epochs`` after the warm-up (ours, for short schedules: the
+first prototypes are fitted to young features; 0 is the paper's switch).
 
 It shares InterCLR's clustering parts (faiss k-means, the pseudo-label
 diagnostics) but keeps no memory bank: it clusters a fresh pass over the
@@ -37,6 +39,7 @@ from clusterclr.losses.proto_nce import proto_nce
 from clusterclr.methods.base import Batch, DataInfo, StepOutput
 from clusterclr.methods.diagnostics import normalised_std
 from clusterclr.methods.moco_v2 import MoCoV2, MoCoV2Options
+from clusterclr.methods.ramp import EpochRamp
 from clusterclr.methods.registry import register_method
 from clusterclr.methods.training_images import TrainingImages
 
@@ -48,6 +51,7 @@ class PCLOptions(MoCoV2Options):
     granularities: list[Annotated[int, Field(ge=2)]] | None = Field(None, min_length=1)
     warmup_epochs: NonNegativeInt = 20  # InfoNCE alone before the first clustering
     proto_weight: NonNegativeFloat = 1.0
+    proto_ramp_epochs: NonNegativeInt = 0  # epochs over which proto_weight rises to full after the warm-up
     # r: prototypes in each denominator besides the batch's own; default all of them.
     prototype_negatives: PositiveInt | None = None
     concentration_alpha: PositiveFloat = 10.0
@@ -69,6 +73,8 @@ class PCL(MoCoV2):
 
     name = "pcl"
     Options = PCLOptions
+    # The on/off switch of earlier versions is the ramp's fraction now (True: 1).
+    legacy_state_prefixes: ClassVar[dict[str, str]] = {**MoCoV2.legacy_state_prefixes, "proto_active": "proto_ramp.fraction"}
 
     def __init__(self, backbone: nn.Module, options: PCLOptions, data: DataInfo, gather_negatives: bool = True) -> None:
         super().__init__(backbone, options, data, gather_negatives)
@@ -77,17 +83,12 @@ class PCL(MoCoV2):
             if k > data.num_images:
                 raise UserError(f"method.granularities: {k} clusters exceed the {data.num_images} training images")
         self.prototypes = nn.ModuleList(Prototypes(data.num_images, options.projection_dim, k) for k in granularities)
-        # Whether ProtoNCE is on, in a buffer too: a run resumed mid-epoch skips on_epoch_start
-        # and reads the switch back from its checkpoint.
-        self.register_buffer("proto_active", torch.tensor(False))
-        self._proto_active = False
-        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_proto_active", bool(module.proto_active)))
+        self.proto_ramp = EpochRamp(options.warmup_epochs, options.proto_ramp_epochs)
 
     def on_epoch_start(self, epoch: int, images: TrainingImages) -> dict[str, Any]:
         o = self.options
-        self._proto_active = epoch >= o.warmup_epochs
-        self.proto_active.fill_(self._proto_active)
-        if not self._proto_active:
+        fraction = self.proto_ramp.set_epoch(epoch)
+        if fraction == 0:
             return {}
         # Batch statistics only before any training: then the running statistics describe nothing yet.
         features = images.encode(self.momentum_encoder, self.momentum_encoder, batch_statistics=epoch == 0)
@@ -104,7 +105,7 @@ class PCL(MoCoV2):
                 concentration_max=float(prototypes.concentration.max()),
             )
             logs.update({f"k{prototypes.num_clusters}_{key}": value for key, value in report.items()})
-        return logs
+        return {"proto_fraction": fraction, **logs}
 
     def training_step(self, batch: Batch) -> StepOutput:
         o = self.options
@@ -120,12 +121,12 @@ class PCL(MoCoV2):
                 [self._included(p, global_indices) for p in self.prototypes],
             )
             for q in queries
-        ] if self._proto_active else []
+        ] if self.proto_ramp.value > 0 else []
         logs = {"info_nce": info_nce_loss.detach(), "output_std": normalised_std(queries[-1])}
         loss = info_nce_loss
         if prototype:
             proto_loss = torch.stack(prototype).mean()
-            loss = loss + o.proto_weight * proto_loss
+            loss = loss + self.proto_ramp.value * o.proto_weight * proto_loss
             logs["proto_nce"] = proto_loss.detach()
         return StepOutput(loss, {"loss": loss.detach(), **logs})
 

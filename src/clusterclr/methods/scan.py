@@ -81,7 +81,9 @@ class SCAN(SemanticPositives, Method):
     needs_clean_view = True  # the self-labelling phase takes its labels from it
     has_idle_parameters = True  # the heads not kept, while self-labelling
     cluster_head_attribute = "heads"
-    positives_defaults: ClassVar[dict[str, Any]] = {"neighbours": 20}
+    # SCAN's k nearest neighbours as they are (no mutual or quantile filter); its loss has no partner share.
+    positives_defaults: ClassVar[dict[str, Any]] = {"neighbours": 20, "mutual": False}
+    weighs_by_share = False
 
     def __init__(self, backbone: nn.Module, options: SCANOptions, data: DataInfo, gather_negatives: bool = True, **mining: Any) -> None:
         super().__init__(backbone, options, data, gather_negatives, **mining)

@@ -10,6 +10,12 @@ being the B × B mask of mined partners in the batch:
   its image and every view of its partners (multi-positive InfoNCE).
 - ``sepp_moco_v2``: InfoNCE where a query's positives are its own key and
   its partners' keys; the queue stays negatives only.
+
+  In both, ``positives.partner_share`` (default 0.5) is the partners' part
+  of each anchor's positive weight, its own image's views keeping the
+  rest; None weighs every positive the same, as the paper does, which left
+  an image's own view a third of the weight with one partner (a fifth with
+  two), although most mined partners are of another class.
 - ``sepp_simsiam``: SimSiam's loss plus ``partner_weight`` times an
   attraction term, SimSiam's own loss between partners:
 
@@ -30,7 +36,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from pydantic import NonNegativeFloat
-from torch import nn
 
 from clusterclr import distributed
 from clusterclr.losses.negative_cosine import negative_cosine
@@ -63,7 +68,8 @@ class SePPSimCLR(SemanticPositives, SimCLR):
 
     def positive_pairs(self, views: GlobalViews) -> Positives:
         partners = partner_mask(views.indices, self.partners)
-        return Positives(same_image_or_partners(partners, views.num_views), _partner_logs(partners))
+        mask = same_image_or_partners(partners, views.num_views, self.positives.partner_share)
+        return Positives(mask, _partner_logs(partners))
 
 
 @register_method
@@ -72,14 +78,11 @@ class SePPMoCoV2(SemanticPositives, MoCoV2):
 
     name = "sepp_moco_v2"
 
-    def mining_encoder(self) -> tuple[nn.Module, tuple[nn.Module, ...]]:
-        # The momentum backbone: the slowly moving, more stable network MoCo's keys come from.
-        return self.momentum_encoder.network[0], (self.momentum_encoder,)
-
     def positive_keys(self, batch: Batch, num_candidates: int, own: int) -> Positives:
         key_images = distributed.gather(batch.indices) if self.gather_negatives else batch.indices
         partners = partner_mask(batch.indices, self.partners, key_images)
-        return Positives(own_key_or_partners(partners, num_candidates, own), _partner_logs(partners))
+        mask = own_key_or_partners(partners, num_candidates, own, self.positives.partner_share)
+        return Positives(mask, _partner_logs(partners))
 
 
 class SePPSimSiamOptions(SimSiamOptions):
@@ -107,6 +110,7 @@ class SePPSimSiam(SemanticPositives, SimSiam):
 
     name = "sepp_simsiam"
     Options = SePPSimSiamOptions
+    weighs_by_share = False  # its partner term has its own weight, method.partner_weight
 
     def training_step(self, batch: Batch) -> StepOutput:
         z1, z2 = (self.projector(self.backbone(view)) for view in batch.views)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +13,7 @@ from clusterclr import distributed
 from clusterclr.augment import ViewMaker
 from clusterclr.data.loading import image_batches
 from clusterclr.data.streamed import StreamedImages
+from clusterclr.models.batch_norm import batch_statistics_only
 
 
 @dataclass
@@ -42,10 +44,10 @@ class TrainingImages:
 
         ``modules`` (those ``encoder`` runs) are put in eval mode for the pass,
         so batch norm uses its running statistics. ``batch_statistics=True``
-        keeps them in training mode instead, so features are on the scale the
-        loss sees them during training (which matters before the running
-        statistics have been learnt); their buffers are restored afterwards.
-        Either way nothing about training changes.
+        normalises each chunk with its own statistics instead, so features are
+        on the scale the loss sees them during training (which matters before
+        the running statistics have been learnt), and leaves the running
+        statistics as they were. Either way nothing about training changes.
         """
         # Each rank of a distributed run encodes its shard and all get every feature. Shards may differ
         # by a row: the same number of chunks on every rank, so SyncBatchNorm (in batch-statistics
@@ -58,23 +60,21 @@ class TrainingImages:
             longest_shard = -(-len(self.images) // distributed.world_size())
             chunks = rows.tensor_split(-(-longest_shard // self.batch_size))
         modes = [m.training for m in modules]
-        saved = [{k: v.clone() for k, v in m.named_buffers()} for m in modules] if batch_statistics else []
         for m in modules:
-            m.train(batch_statistics)
+            m.train(False)
+        statistics = batch_statistics_only(*modules) if batch_statistics else nullcontext()
         autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
         pin = self.device.type == "cuda"
         try:
             features = []
             # Streamed images are decoded by DataLoader workers; an unreadable one stops every rank together.
-            for pixels, _ in image_batches(self.images, chunks, pin=pin, collective=True):
-                x = self.views.clean(pixels.to(self.device, non_blocking=True))
-                x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-                with autocast:
-                    features.append(encoder(x).float())
+            with statistics:
+                for pixels, _ in image_batches(self.images, chunks, pin=pin, collective=True):
+                    x = self.views.clean(pixels.to(self.device, non_blocking=True))
+                    x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+                    with autocast:
+                        features.append(encoder(x).float())
             return distributed.gather_shards(torch.cat(features), len(self.images))
         finally:
             for m, mode in zip(modules, modes):
                 m.train(mode)
-            for m, buffers in zip(modules, saved):
-                for name, value in m.named_buffers():
-                    value.copy_(buffers[name])

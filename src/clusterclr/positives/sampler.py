@@ -8,15 +8,17 @@ method gets
   partners (-1 where none), so checkpoints carry it and a resumed run
   trains on the same pairs;
 - mining in ``on_epoch_start``: after ``positives.warmup_epochs`` plain
-  epochs and then every ``positives.refresh_every`` epochs with the model
-  being trained (``mining_encoder``), or once with a trained run or a
-  pretrained weights file the user gives (``positives.encoder``, which
-  ``build`` hands in as a loader of a ``positives/encoders.py`` encoder);
-  the epoch's diagnostics are logged;
+  epochs and then every ``positives.refresh_every`` epochs (or once) with
+  the model being trained (``mining_encoder``: its backbone, its momentum
+  encoder, or an EMA copy of its backbone kept for mining alone), or once
+  with a trained run or a pretrained weights file the user gives
+  (``positives.encoder``, which ``build`` hands in as a loader of a
+  ``positives/encoders.py`` encoder); the epoch's diagnostics are logged;
 - an ``epoch_order`` that puts partners next to each other.
 
 The method itself only widens its positives hook with
-``partner_mask(batch.indices, self.partners)`` (see ``positives/semantic.py``).
+``partner_mask(batch.indices, self.partners)``, weighed by
+``positives.partner_share`` (see ``positives/semantic.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 
 from clusterclr.config import PositivesConfig
+from clusterclr.models.momentum import MomentumEncoder
 from clusterclr.positives.semantic import (
     NO_PARTNER,
     mine_partners,
@@ -59,6 +62,8 @@ class SemanticPositives:
     """
 
     positives_defaults: ClassVar[dict[str, Any]] = {}
+    # Whether the method's loss weighs partners by ``positives.partner_share`` (its InfoNCE does).
+    weighs_by_share: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -76,22 +81,40 @@ class SemanticPositives:
         self.positives = positives
         self.encoder_loader = encoder_loader
         self.register_buffer("partners", torch.full((data.num_images, positives.neighbours), NO_PARTNER, dtype=torch.long))
+        own_momentum = getattr(self, "momentum_encoder", None)
+        # An EMA copy of the backbone, for mining alone, where the method keeps none of its own.
+        wanted = positives.mine_with == "momentum" and own_momentum is None and positives.encoder is None
+        self.mining_ema = MomentumEncoder(self.backbone) if wanted else None
 
-    def mining_encoder(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], tuple[nn.Module, ...]]:
-        """The network (and the modules it runs) whose clean-image features are mined during training.
+    def mining_encoder(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], tuple[nn.Module, ...], bool]:
+        """The network whose clean-image features are mined during training, the modules it runs, and
+        whether it encodes with batch statistics.
 
-        The backbone by default: its features mine more same-class pairs than
-        the projector's (top-1 pair precision 0.37 vs 0.33 for SimCLR, 0.34 vs
-        0.31 for MoCo v2, trained 40 epochs on the CIFAR-10 subset). Methods
-        with a momentum encoder override this to use it, as SePP does with MoCo.
+        The backbone, not the projector: its features mine more same-class
+        pairs (top-1 pair precision 0.37 vs 0.33 for SimCLR, 0.34 vs 0.31 for
+        MoCo v2, trained 40 epochs on the CIFAR-10 subset). ``positives.mine_with``
+        picks the online backbone or a momentum one: the method's momentum
+        encoder (MoCo's), else the mining EMA, whose batch-norm running
+        statistics never see a batch, so it normalises with the clean images' own.
         """
-        return self.backbone, (self.backbone,)
+        own = getattr(self, "momentum_encoder", None)
+        choice = self.positives.mine_with
+        if choice == "online" or (choice == "auto" and own is None):
+            return self.backbone, (self.backbone,), False
+        if own is not None:
+            return own.network[0], (own,), False
+        return self.mining_ema, (self.mining_ema,), True
+
+    def after_optimizer_step(self, progress: float) -> None:
+        super().after_optimizer_step(progress)
+        if self.mining_ema is not None:
+            self.mining_ema.update(self.backbone, momentum=self.positives.momentum)
 
     def is_mining_epoch(self, epoch: int) -> bool:
         first = self.positives.first_mining_epoch()
         if epoch < first:
             return False
-        if self.positives.encoder is not None:
+        if self.positives.encoder is not None or self.positives.refresh_every is None:
             return epoch == first  # a fixed encoder finds the same pairs every time
         return (epoch - first) % self.positives.refresh_every == 0
 
@@ -99,8 +122,9 @@ class SemanticPositives:
         logs = super().on_epoch_start(epoch, images)
         if not self.is_mining_epoch(epoch):
             return logs
+        p = self.positives
         features = self._features(images)
-        pairs = mine_partners(features, self.positives.neighbours, self.positives.threshold)
+        pairs = mine_partners(features, p.neighbours, p.threshold, space=p.space, mutual=p.mutual, quantile=p.quantile)
         self.partners.copy_(pairs.partners)
         return {**logs, **pair_diagnostics(pairs, images.labels)}
 
@@ -109,6 +133,8 @@ class SemanticPositives:
 
     def _features(self, images: TrainingImages) -> torch.Tensor:
         if self.encoder_loader is None:
-            encoder, modules = self.mining_encoder()
-            return images.encode(encoder, *modules)
+            encoder, modules, batch_statistics = self.mining_encoder()
+            return images.encode(encoder, *modules, batch_statistics=batch_statistics)
         return self.encoder_loader(images.device).features(images)
+
+
