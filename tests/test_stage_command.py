@@ -34,6 +34,9 @@ def test_a_stage_gives_the_run_a_cluster_head_everything_uses(trained, tmp_path)
     assert {"head_nmi", "head_acc", "head_ari"} <= metrics.keys() and len(metrics["head_cluster_sizes"]) == 4
     record = read_stage(trained.directory.cluster_stage)
     assert record["clusters"] == 4 and record["kept_head"] == int(np.argmin(record["head_losses"]))
+    # More of the mined neighbours share a class than chance (1 in 10) gives; the labels never reach the loss.
+    assert 0.1 < metrics["stage"]["neighbour_precision"] == record["neighbour_precision"] <= 1
+    assert trained.metrics["stage"]["kept_head"] == record["kept_head"]
     loaded = clusterclr.load(trained.directory.path)
     assert loaded.model.cluster_stage is not None and "4 clusters, head" in loaded.stage_summary()
     embedded = loaded.embed(torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8))

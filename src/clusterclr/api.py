@@ -297,9 +297,10 @@ class Run:
         if record["head"] is None:
             return f"unfinished ({record['settings']['loss']}); continue it with: clusterclr stage --resume {self.directory}"
         chosen = "" if record["choice"] is None else f", K chosen by {record['choice']['criterion']}"
-        losses = record["head_losses"]
+        losses, precision = record["head_losses"], record.get("neighbour_precision")
+        neighbours = "" if precision is None else f"; {precision:.0%} of mined neighbours share an image's class"
         return (f"{record['settings']['loss']}, {record['clusters']} clusters{chosen}, head {record['kept_head']} of "
-                f"{len(losses)} kept (loss {losses[record['kept_head']]:.4f})")
+                f"{len(losses)} kept (loss {losses[record['kept_head']]:.4f}){neighbours}")
 
     def export(self, out: PathLike, format: str = "safetensors") -> Path:
         """The encoder as ``format`` (safetensors, torchscript or onnx) at ``out``, its preprocessing beside it."""

@@ -239,7 +239,7 @@ def _cluster_stage(trained: TrainedRun, request: ClusterRequest, ctx: EvalContex
     else:
         stage = fit_stage(
             trained.parts, run_dir, trained.epoch, embeddings.features, config.stage, config.stage.clusters or ctx.clusters,
-            ctx.choice, config.train.progress, resume=record is not None and record["head"] is None,
+            ctx.choice, config.train.progress, resume=record is not None and record["head"] is None, labels=ctx.bank.labels,
         )
     ctx.set_embeddings("bank", with_stage_probabilities(embeddings, stage.head))
     return stage
@@ -287,6 +287,7 @@ def _metrics(data: ImageDataset, assignments: ClusterAssignments, run_dir: RunDi
         "images": len(data),
         "clusters": assignments.clusters,
         "assigned_by": assignments.by + (f" (clustering stage, {stage.loss})" if stage is not None else ""),
+        **({} if stage is None or stage.neighbour_precision is None else {"neighbour_precision": stage.neighbour_precision}),
         "empty_clusters": int((sizes == 0).sum()),
         "largest_cluster": int(sizes.max()),
         "smallest_cluster": int(sizes.min()),

@@ -24,6 +24,7 @@ from clusterclr.configure import format_validation_error, validate
 from clusterclr.errors import Interrupted, UserError
 from clusterclr.evaluate.context import EvalContext
 from clusterclr.evaluate.features import Embeddings
+from clusterclr.evaluate.results import update_metrics
 from clusterclr.layering import parse_override
 from clusterclr.rundir import RunDir
 from clusterclr.stage.choose_k import KChoice
@@ -42,15 +43,27 @@ class StageResult:
     choice: KChoice | None
     head_losses: list[float]
     kept_head: int
+    # Where labels exist, the fraction of mined neighbours of an image's class: what the stage can build on.
+    neighbour_precision: float | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """What metrics.json records of the stage."""
+        return {
+            "loss": self.loss, "clusters": self.clusters, "kept_head": self.kept_head, "heads": len(self.head_losses),
+            "neighbour_precision": self.neighbour_precision,
+            "clusters_chosen_by": None if self.choice is None else self.choice.criterion,
+        }
 
 
 def fit_stage(
     model: Model, run_dir: RunDir, epoch: int, features: torch.Tensor, settings: StageConfig,
     clusters: int, choice: KChoice | None = None, progress: bool = True, resume: bool = False,
+    labels: torch.Tensor | None = None,
 ) -> StageResult:
     """Fit the stage on ``features`` of the run's training images, save it in the run, attach it to ``model``.
 
     ``resume``: continue the unfinished stage saved in the run (same settings and features) where it stopped.
+    ``labels`` (diagnostics only, never the loss): the images' classes, to score the mined neighbours.
     """
     if settings.neighbours >= len(features):
         warnings.warn(f"only {len(features)} images: the clustering stage mines {len(features) - 1} neighbours per image, "
@@ -59,8 +72,13 @@ def fit_stage(
     stage = ClusterStage(features, settings, clusters, seed=model.config.seed)
     if resume:
         stage.load_state_dict(unfinished_stage(run_dir)["progress"])
+    precision = None
+    if labels is not None:
+        neighbours = stage.graph.indices.cpu()
+        precision = float((labels[neighbours] == labels[:, None]).double().mean())
     base = {
         "settings": settings.model_dump(mode="json"), "clusters": clusters, "seed": model.config.seed, "epoch": epoch,
+        "neighbour_precision": precision,
         "images": len(features), "choice": None if choice is None else {"criterion": choice.criterion, "scores": choice.scores,
                                                                         "chosen": choice.chosen},
     }
@@ -77,14 +95,15 @@ def fit_stage(
         "head_losses": result.head_losses.tolist(), "kept_head": result.kept_head,
     })
     model.cluster_stage = head.to(model.device)
-    return StageResult(head, settings.loss, clusters, choice, result.head_losses.tolist(), result.kept_head)
+    return StageResult(head, settings.loss, clusters, choice, result.head_losses.tolist(), result.kept_head, precision)
 
 
 def saved_stage(record: dict[str, Any]) -> StageResult:
     """The finished stage saved in a run, as ``fit_stage`` returned it."""
     choice = None if record["choice"] is None else KChoice(**record["choice"])
     head = StageHead.from_saved(record["head"])
-    return StageResult(head, record["settings"]["loss"], record["clusters"], choice, record["head_losses"], record["kept_head"])
+    return StageResult(head, record["settings"]["loss"], record["clusters"], choice, record["head_losses"], record["kept_head"],
+                       record.get("neighbour_precision"))
 
 
 def stage_run(
@@ -109,8 +128,11 @@ def stage_run(
     train = parts.splits.train
     ctx = EvalContext(parts, parts.splits.name, train, train, "train", clusters, progress=False)
     choice = ctx.choice if not resume or record["choice"] is None else KChoice(**record["choice"])
-    result = fit_stage(parts, run_dir, epoch, ctx.embeddings("bank").features, settings, ctx.clusters, choice, progress, resume)
+    result = fit_stage(parts, run_dir, epoch, ctx.embeddings("bank").features, settings, ctx.clusters, choice, progress, resume,
+                       ctx.bank.labels)
     metrics = finish(parts, run_dir, epoch)
+    metrics["stage"] = result.summary()
+    update_metrics(run_dir.metrics, {"stage": metrics["stage"]})
     return result, metrics
 
 
