@@ -47,10 +47,13 @@ def cell(values: list[float]) -> str:
 
 
 def table(rows: dict[str, list[tuple[dict[str, float], float]]]) -> str:
-    lines = ["| clusters by | seeds | NMI | ACC | ARI | wall time (s) |", "|---|---|---|---|---|---|"]
+    """Scores per row (mean ± std over seeds), with the mined neighbours' class precision where a stage mined them."""
+    lines = ["| clusters by | seeds | NMI | ACC | ARI | neighbour precision | wall time (s) |", "|---|---|---|---|---|---|---|"]
     for label, results in rows.items():
         scores = [cell([r[name] for r, _ in results]) for name in SCORES]
-        lines.append(f"| {label} | {len(results)} | {' | '.join(scores)} | {statistics.mean(t for _, t in results):.0f} |")
+        precision = [r["neighbour_precision"] for r, _ in results if r.get("neighbour_precision") is not None]
+        shown = cell(precision) if precision else "–"
+        lines.append(f"| {label} | {len(results)} | {' | '.join(scores)} | {shown} | {statistics.mean(t for _, t in results):.0f} |")
     return "\n".join(lines)
 
 
@@ -61,7 +64,8 @@ def timed(work: Callable[[], dict[str, float]]) -> tuple[dict[str, float], float
 
 
 def head(metrics: dict) -> dict[str, float]:
-    return {name: metrics[f"head_{name}"] for name in SCORES}
+    scores = {name: metrics[f"head_{name}"] for name in SCORES}
+    return {**scores, "neighbour_precision": metrics.get("stage", {}).get("neighbour_precision")}
 
 
 def stage_rows(args: argparse.Namespace) -> int:
