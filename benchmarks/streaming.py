@@ -90,6 +90,12 @@ def measure(args: argparse.Namespace) -> dict:
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
     device = trainer.parts.device
 
+    def endless(data):  # the timed batches may outnumber one epoch's on the smallest folder
+        epoch = 0
+        while True:
+            yield from data.batches(order, epoch=epoch)
+            epoch += 1
+
     def synchronise() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -98,7 +104,7 @@ def measure(args: argparse.Namespace) -> dict:
     for workers in args.workers:
         images.workers = workers
         data = training_batches(trainer.parts)  # a loader of its own for each worker count
-        stream = data.batches(order, epoch=0)
+        stream = endless(data)
         next(stream)  # worker start-up and the first batch: not the steady state
         start = time.perf_counter()
         for _ in range(args.steps):
@@ -117,7 +123,7 @@ def measure(args: argparse.Namespace) -> dict:
     step_rate = args.steps * args.batch / (time.perf_counter() - start)
     images.workers = max(args.workers)
     data = training_batches(trainer.parts)
-    stream = data.batches(order, epoch=1)
+    stream = endless(data)
     trainer.optimise(trainer.loss(next(stream)), 0)
     synchronise()
     start = time.perf_counter()
@@ -159,7 +165,10 @@ def main() -> int:
     for size in args.sizes:
         folder = write_folder(Path(args.folders) / f"jpeg{args.side}-{size}", size, args.side, args.cifar)
         command = [sys.executable, *sys.argv, CHILD, str(folder)]
-        result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        child = subprocess.run(command, capture_output=True, text=True)
+        if child.returncode != 0:
+            sys.exit(f"measuring {folder} failed:\n{child.stderr}")
+        result = json.loads(child.stdout.splitlines()[-1])
         rows.append(result)
         print(f"{size} images: peak RSS {result['peak_rss_mb']:.0f} MiB, step {result['step']:.0f} img/s", file=sys.stderr)
     workers = args.workers
