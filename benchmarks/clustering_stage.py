@@ -14,6 +14,13 @@ subfolders (the labels score the clusters; training never sees them),
 today's default against the one before (64 px, no stage):
 
     python benchmarks/clustering_stage.py command --cifar ../shared/data/cifar-10-batches-py --images 1000 --seeds 0 1 2
+
+Part 3: a sweep of the frozen stage's settings on runs already trained
+(part 1's ``pretext-seed*`` folders, one per seed), k-means and the
+stage's defaults beside each variant of the ``stage`` section:
+
+    python benchmarks/clustering_stage.py sweep runs/benchmarks/DATE/pretext-seed* \
+        --variant "neighbours=5" --variant "entropy_weight=2"
 """
 
 from __future__ import annotations
@@ -93,6 +100,22 @@ def stage_rows(args: argparse.Namespace) -> int:
     return 0
 
 
+def sweep_rows(args: argparse.Namespace) -> int:
+    rows: dict[str, list[tuple[dict[str, float], float]]] = {}
+    variants = {"defaults": {}} | {v: dict(pair.split("=", 1) for pair in v.split()) for v in args.variants}
+    for path in args.run_dirs:
+        run = clusterclr.load(path)
+        rows.setdefault("k-means", []).append(({name: run.metrics[f"kmeans_{name}"] for name in SCORES}, 0.0))
+        for label, settings in variants.items():
+            rows.setdefault(f"stage: {label}", []).append(timed(lambda s=settings: head(run.fit_stage(settings=s, progress=False))))
+        print(f"{path}: " + "; ".join(f"{k}: {v[-1][0]['nmi']:.3f}" for k, v in rows.items()), file=sys.stderr)
+    print(table(rows))
+    setting = (f"the frozen stage's settings on {len(args.run_dirs)} trained runs ({', '.join(args.run_dirs)}); every other "
+               "stage setting its default; scores on each run's evaluation split; wall time: the stage alone")
+    append_result(args.results, "clustering stage settings", setting, table(rows))
+    return 0
+
+
 def class_folder(cifar: Path, images: int, out: Path) -> Path:
     """The first ``images`` CIFAR-10 training rows as PNGs in one subfolder per class."""
     if out.is_dir():
@@ -151,9 +174,14 @@ def main() -> int:
     for part in (stage, command):
         part.add_argument("--seeds", nargs="+", type=int, default=[0])
         part.add_argument("--runs", default="runs/benchmarks")
+    sweep = parts.add_parser("sweep", help="the frozen stage's settings on trained runs")
+    sweep.add_argument("run_dirs", nargs="+", help="trained runs, one per seed")
+    sweep.add_argument("--variant", dest="variants", action="append", default=[], metavar="'KEY=VALUE ...'",
+                       help="a row with these stage settings (repeatable)")
+    for part in (stage, command, sweep):
         part.add_argument("--results", default="BENCHMARKS.md")
     args = parser.parse_args()
-    return stage_rows(args) if args.part == "stage" else command_rows(args)
+    return {"stage": stage_rows, "command": command_rows, "sweep": sweep_rows}[args.part](args)
 
 
 if __name__ == "__main__":

@@ -190,7 +190,7 @@ def main() -> int:
         "Streamed training from a folder of JPEGs",
         f"SimCLR, {args.backbone} ×{args.width}, {args.side} px JPEGs ({'CIFAR-10 rows upscaled' if args.cifar else 'procedural'}) "
         f"cropped to {args.image_size} px in the loader, batch {args.batch}, {args.steps} timed batches per rate, "
-        f"device {args.device}, {args.threads} torch threads (the table's images: the training split after the holdout)",
+        f"device {args.device}, torch threads: {args.threads} (the table's images: the training split after the holdout)",
         table,
     )
     return 0
