@@ -190,6 +190,7 @@ class Trainer:
             f"by step {self.step + self.steps_per_epoch}", self.epoch,
         )
         self.epoch += 1
+        bar.set_postfix(epoch=self.epoch, loss=f"{mean_loss:.3f}", refresh=False)  # log steps may not fall on the epoch's end
         # Without SyncBatchNorm each rank's running statistics followed its own slices.
         distributed.average_batch_norm_statistics(self.method)
         seconds = progress.elapsed()
