@@ -17,10 +17,11 @@ today's default against the one before (64 px, no stage):
 
 Part 3: a sweep of the frozen stage's settings on runs already trained
 (part 1's ``pretext-seed*`` folders, one per seed), k-means and the
-stage's defaults beside each variant of the ``stage`` section:
+stage's defaults beside each variant of the ``stage`` section, and with
+``--e2e-epochs`` SCAN end to end from each run:
 
     python benchmarks/clustering_stage.py sweep runs/benchmarks/DATE/pretext-seed* \
-        --variant "neighbours=5" --variant "entropy_weight=2"
+        --variant "neighbours=5" --variant "entropy_weight=2" --e2e-epochs 30
 """
 
 from __future__ import annotations
@@ -108,6 +109,10 @@ def sweep_rows(args: argparse.Namespace) -> int:
         rows.setdefault("k-means", []).append(({name: run.metrics[f"kmeans_{name}"] for name in SCORES}, 0.0))
         for label, settings in variants.items():
             rows.setdefault(f"stage: {label}", []).append(timed(lambda s=settings: head(run.fit_stage(settings=s, progress=False))))
+        if args.e2e_epochs:
+            tuned = timed(lambda: head(run.fit_stage_end_to_end(
+                Path(args.runs) / f"scan-{Path(path).name}", epochs=args.e2e_epochs, self_label_epochs=args.self_label_epochs).metrics))
+            rows.setdefault(f"SCAN end to end ({args.e2e_epochs} + {args.self_label_epochs} self-labelling epochs)", []).append(tuned)
         print(f"{path}: " + "; ".join(f"{k}: {v[-1][0]['nmi']:.3f}" for k, v in rows.items()), file=sys.stderr)
     print(table(rows))
     setting = (f"the frozen stage's settings on {len(args.run_dirs)} trained runs ({', '.join(args.run_dirs)}); every other "
@@ -178,6 +183,9 @@ def main() -> int:
     sweep.add_argument("run_dirs", nargs="+", help="trained runs, one per seed")
     sweep.add_argument("--variant", dest="variants", action="append", default=[], metavar="'KEY=VALUE ...'",
                        help="a row with these stage settings (repeatable)")
+    sweep.add_argument("--e2e-epochs", type=int, default=0, help="also SCAN end to end for this many epochs (0: not)")
+    sweep.add_argument("--self-label-epochs", type=int, default=10)
+    sweep.add_argument("--runs", default="runs/benchmarks", help="where the end-to-end runs go")
     for part in (stage, command, sweep):
         part.add_argument("--results", default="BENCHMARKS.md")
     args = parser.parse_args()

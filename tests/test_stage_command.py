@@ -11,9 +11,11 @@ import torch
 from PIL import Image
 
 import clusterclr
+from clusterclr.build import build_parts
 from clusterclr.cli import main
 from clusterclr.commands import stage as stage_command
 from clusterclr.errors import Interrupted, UserError
+from clusterclr.optim import optimizer_groups
 from clusterclr.rundir import RunDir
 from clusterclr.stage.store import read_stage
 
@@ -92,8 +94,14 @@ def test_an_interrupted_stage_resumes_exactly(trained, monkeypatch):
 
 
 def test_end_to_end_fine_tunes_a_new_run_with_a_head(trained, tmp_path):
-    tuned = trained.fit_stage_end_to_end(tmp_path / "scan", epochs=1, self_label_epochs=1, clusters=4, settings={"heads": 2})
+    tuned = trained.fit_stage_end_to_end(tmp_path / "scan", epochs=1, self_label_epochs=1, clusters=4, settings={"heads": 2, "lr": 5e-3})
     assert tuned.config.method.name == "scan" and tuned.config.positives.encoder == str(trained.directory.path)
+    # The backbone at the paper's Adam rate, the fresh heads at the stage's.
+    method = build_parts(tuned.config).method
+    rates = {(id(p), group["lr_scale"]) for group in optimizer_groups(method, tuned.config.optim) for p in group["params"]}
+    assert tuned.config.optim.lr == 1e-4
+    assert [round(scale, 9) for scale in {scale for key, scale in rates if key in {id(p) for p in method.heads.parameters()}}] == [50.0]
+    assert {scale for key, scale in rates if key in {id(p) for p in method.backbone.parameters()}} == {1.0}
     assert tuned.metrics["epoch"] == 2 and "head_nmi" in tuned.metrics
     initial = trained.backbone.state_dict()
     moved = [name for name, value in tuned.backbone.state_dict().items() if not torch.equal(value.cpu(), initial[name].cpu())]

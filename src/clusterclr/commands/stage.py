@@ -34,6 +34,8 @@ from clusterclr.stage.trainer import ClusterStage
 from clusterclr.training.guards import StopRequest
 from clusterclr.training.run import TrainedRun, finish, start_run
 
+END_TO_END_LR = 1e-4  # the paper's Adam rate for the backbone
+
 
 @dataclass(frozen=True)
 class StageResult:
@@ -143,8 +145,10 @@ def end_to_end(
     """SCAN end to end: a new run in ``out`` whose backbone starts from ``run_dir``'s and is fine-tuned with cluster heads
     on neighbours mined in ``run_dir``'s features, for ``epochs``, then ``self_label_epochs`` of self-labelling.
 
-    The paper's end-to-end recipe: Adam at 1e-4 with weight decay 1e-4, no warm-up; the heads, neighbours,
-    entropy weight and confidence come from the stage settings (``overrides``).
+    The paper's end-to-end recipe for the backbone: Adam at 1e-4 with weight decay 1e-4, no warm-up. The
+    heads, neighbours, entropy weight and confidence come from the stage settings (``overrides``), and so
+    does the heads' rate (``stage.lr``): fresh heads at 1e-4 barely move in the few hundred steps of a
+    small data set (on digits, 150 steps: ACC 0.72 where the frozen stage reaches 0.95).
     """
     config, _, _ = run_dir.read()
     if config.clusters == "auto" and clusters is None:
@@ -155,10 +159,10 @@ def end_to_end(
     tree["method"] = {
         "name": "scan", "heads": settings.heads, "head_clusters": settings.clusters, "hidden_dim": settings.hidden_dim,
         "entropy_weight": settings.entropy_weight, "confidence": settings.confidence,
-        "cluster_epochs": epochs if self_label_epochs else None,
+        "cluster_epochs": epochs if self_label_epochs else None, "head_lr_scale": settings.lr / END_TO_END_LR,
     }
     tree["positives"] = {"encoder": str(run_dir.path), "neighbours": settings.neighbours}
-    tree["optim"] = {"name": "adam", "lr": 1e-4, "weight_decay": 1e-4, "warmup_epochs": 0, "scale_lr_with_batch": False,
+    tree["optim"] = {"name": "adam", "lr": END_TO_END_LR, "weight_decay": 1e-4, "warmup_epochs": 0, "scale_lr_with_batch": False,
                      "batch_size": config.optim.batch_size}
     tree["train"]["epochs"] = epochs + self_label_epochs
     return start_run(validate(tree), out, init=run_dir)

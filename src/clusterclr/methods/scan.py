@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from pydantic import Field, NonNegativeFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
 from clusterclr import distributed
@@ -40,6 +40,7 @@ from clusterclr.methods.diagnostics import clusters_used
 from clusterclr.methods.registry import register_method
 from clusterclr.methods.training_images import TrainingImages
 from clusterclr.models.cluster_heads import MultiHeadClassifier, lowest_loss_head
+from clusterclr.optim import ParameterGroup
 from clusterclr.positives.sampler import SemanticPositives
 from clusterclr.positives.semantic import partner_mask
 
@@ -51,6 +52,9 @@ class SCANOptions(MethodOptions):
     entropy_weight: NonNegativeFloat = 5.0
     cluster_epochs: PositiveInt | None = None  # then self-labelling; None: no self-labelling
     confidence: float = Field(0.99, ge=0, lt=1)
+    # The heads' rate as a multiple of the backbone's. The paper trains both at Adam's 1e-4 over thousands of
+    # steps; `clusterclr stage --end-to-end` gives fresh heads the frozen stage's rate instead (stage.lr).
+    head_lr_scale: PositiveFloat = 1.0
 
 
 def pair_consistency(anchors: torch.Tensor, candidates: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
@@ -95,6 +99,9 @@ class SCAN(SemanticPositives, Method):
         self.register_buffer("loss_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("head_losses", torch.full((options.heads,), float("nan")))
         self.register_buffer("self_labelling", torch.tensor(False))
+
+    def parameter_groups(self) -> list[ParameterGroup]:
+        return [ParameterGroup("heads", tuple(self.heads.parameters()), self.options.head_lr_scale)]
 
     def on_epoch_start(self, epoch: int, images: TrainingImages) -> dict[str, Any]:
         logs = super().on_epoch_start(epoch, images)
