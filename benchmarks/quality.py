@@ -16,11 +16,18 @@ overrides on top (one quoted string of ``key=value`` pairs per row):
 
     python benchmarks/quality.py --config configs/cifar10_subset_center_predictor.yaml --no-baselines \
         --variant "method.clean_view_norm=separate" --variant "method.clean_view_norm=running"
+
+Runs trained elsewhere (in parallel streams, or by several invocations) make
+one table with ``--collect``; the time column is then the epochs' training
+time from each run's log:
+
+    python benchmarks/quality.py --collect runs/benchmarks/*/simclr-seed* runs/benchmarks/*/sepp_simclr-seed*
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -48,6 +55,7 @@ HEADERS = ("kNN", "NMI", "ACC", "ARI")
 OPTIONAL_COLUMNS = {
     "head_nmi": "head NMI", "head_acc": "head ACC", "head_ari": "head ARI",
     "pair_precision": "pair precision", "partnered": "images with a partner",
+    "pseudo_label_nmi": "pseudo-label NMI", "mate_precision": "cluster-mate precision",
 }
 SCORED_ON = {"test": "the test split", "holdout": "the held-out 20% of train (the set has no test split)"}
 
@@ -80,13 +88,33 @@ def trained(config_file: str, overrides: list[str], method: str, seed: int, run_
     if tree.get("method", {}).get("name") != method:
         tree["method"] = {"name": method}
     # No report: the wall-time column measures training and evaluation.
-    run = clusterclr.train(build_config(tree, {"seed": seed}, ["train.report=false", *overrides]), out=run_dir)
-    metrics = run.metrics
+    clusterclr.train(build_config(tree, {"seed": seed}, ["train.report=false", *overrides]), out=run_dir)
+    return run_metrics(run_dir)
+
+
+def run_metrics(run_dir: Path) -> dict:
+    """A finished run's scores, with what its log says of its mined pairs and pseudo-labels."""
+    metrics = json.loads(RunDir(run_dir).metrics.read_text())
+    mates: dict[int, list[float]] = {}
     for record in read_log(RunDir(run_dir).log):
         if record["kind"] == "method" and record.get("pair_precision") is not None:
             metrics["pair_precision"] = record["pair_precision"]
-            metrics["partnered"] = record["images_with_partner"] / run.method.data.num_images
+            metrics["partnered"] = record["images_with_partner"] / metrics["num_train"]
+        if record["kind"] == "method":
+            # InterCLR's bank clusters, or PCL's coarsest clustering, against the classes, at their last fit.
+            found = {k: v for k, v in record.items() if k.endswith("pseudo_label_nmi") and v is not None}
+            if found:
+                metrics["pseudo_label_nmi"] = found["pseudo_label_nmi"] if "pseudo_label_nmi" in found else found[min(found, key=clustering_size)]
+        if record["kind"] == "step" and record.get("positive_precision") is not None:
+            mates.setdefault(record["epoch"], []).append(record["positive_precision"])
+    if mates:  # InterCLR's cluster-mate positives of the query's class, over the last epoch
+        metrics["mate_precision"] = statistics.mean(mates[max(mates)])
     return metrics
+
+
+def clustering_size(key: str) -> int:
+    """PCL's ``k100_pseudo_label_nmi`` -> 100."""
+    return int(key.split("_", 1)[0][1:])
 
 
 def summarise(values: list[float | None]) -> str:
@@ -99,7 +127,9 @@ def summarise(values: list[float | None]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", nargs="+", required=True,
+    parser.add_argument("--collect", nargs="+", metavar="RUN_DIR",
+                        help="no training: tabulate these finished runs (NAME-seedN directories), a row per NAME")
+    parser.add_argument("--config", nargs="+",
                         help="preset YAML(s): each is a row, or, with --methods, the one preset every method uses")
     parser.add_argument("--methods", nargs="+", help="methods to train on the first preset (their own default options)")
     parser.add_argument("--variant", dest="variants", action="append", default=[], metavar="'KEY=VALUE ...'",
@@ -110,8 +140,10 @@ def main() -> int:
     parser.add_argument("--runs", default="runs/benchmarks", help="where the run directories go")
     parser.add_argument("--results", default="BENCHMARKS.md", help="file the table is appended to")
     args = parser.parse_args()
+    if not (args.config or args.collect):
+        parser.error("--config is required unless --collect is given")
     try:
-        return run(args)
+        return collect(args) if args.collect else run(args)
     except UserError as err:
         print(f"quality.py: error: {err}", file=sys.stderr)
         return 2
@@ -154,16 +186,7 @@ def run(args: argparse.Namespace) -> int:
         f"{config.data.dataset}, {config.model.backbone} ×{config.model.width} ({config.model.stem} stem), "
         f"{config.train.epochs} epochs, batch {config.optim.batch_size}, {config.optim.name} lr {config.optim.lr}"
     )
-    columns = list(COLUMNS) + [k for k in OPTIONAL_COLUMNS if any(r.get(k) is not None for _, rs, _ in rows for r in rs)]
-    headers = list(HEADERS) + [OPTIONAL_COLUMNS[k] for k in columns[len(COLUMNS):]]
-    lines = [
-        f"| method | seeds | {' | '.join(headers)} | wall time (s) |",
-        "|---|---|" + "---|" * len(headers) + "---|",
-    ]
-    for label, results, seconds in rows:
-        cells = [summarise([r.get(k) for r in results]) for k in columns]
-        lines.append(f"| {label} | {len(results)} | {' | '.join(cells)} | {statistics.mean(seconds):.0f} |")
-    table = "\n".join(lines)
+    table = score_table(rows, "wall time (s)")
     print(table)
 
     append_result(
@@ -173,6 +196,36 @@ def run(args: argparse.Namespace) -> int:
         f"scores on {SCORED_ON[load_splits(config.data).eval_split]}",
         table,
     )
+    return 0
+
+
+def score_table(rows: list[tuple[str, list[dict], list[float]]], time_header: str) -> str:
+    columns = list(COLUMNS) + [k for k in OPTIONAL_COLUMNS if any(r.get(k) is not None for _, rs, _ in rows for r in rs)]
+    headers = list(HEADERS) + [OPTIONAL_COLUMNS[k] for k in columns[len(COLUMNS):]]
+    lines = [
+        f"| method | seeds | {' | '.join(headers)} | {time_header} |",
+        "|---|---|" + "---|" * len(headers) + "---|",
+    ]
+    for label, results, seconds in rows:
+        cells = [summarise([r.get(k) for r in results]) for k in columns]
+        lines.append(f"| {label} | {len(results)} | {' | '.join(cells)} | {statistics.mean(seconds):.0f} |")
+    return "\n".join(lines)
+
+
+def collect(args: argparse.Namespace) -> int:
+    """A table of runs already trained (``NAME-seedN`` directories, as this script names them), rows by NAME."""
+    rows: dict[str, tuple[list[dict], list[float]]] = {}
+    for directory in map(Path, args.collect):
+        if not RunDir(directory).metrics.is_file():
+            raise UserError(f"{directory} holds no finished run (no {RunDir(directory).metrics.name})")
+        label = directory.name.rsplit("-seed", 1)[0]
+        results, seconds = rows.setdefault(label, ([], []))
+        results.append(run_metrics(directory))
+        seconds.append(sum(r["seconds"] for r in read_log(RunDir(directory).log) if r["kind"] == "epoch"))
+    table = score_table([(label, *found) for label, found in rows.items()], "training time (s)")
+    print(table)
+    append_result(args.results, f"collected runs: {', '.join(rows)}", f"{len(args.collect)} finished runs: "
+                  + ", ".join(f"`{d}`" for d in args.collect), table)
     return 0
 
 
