@@ -224,8 +224,9 @@ def collect(args: argparse.Namespace) -> int:
         seconds.append(sum(r["seconds"] for r in read_log(RunDir(directory).log) if r["kind"] == "epoch"))
     table = score_table([(label, *found) for label, found in rows.items()], "training time (s)")
     print(table)
-    append_result(args.results, f"collected runs: {', '.join(rows)}", f"{len(args.collect)} finished runs: "
-                  + ", ".join(f"`{d}`" for d in args.collect), table)
+    append_result(args.results, f"collected runs: {', '.join(rows)}",
+                  f"{len(args.collect)} finished runs, those of the command (the machine line is the collecting process's, "
+                  "not the runs')", table)
     return 0
 
 

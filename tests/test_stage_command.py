@@ -98,10 +98,10 @@ def test_end_to_end_fine_tunes_a_new_run_with_a_head(trained, tmp_path):
     assert tuned.config.method.name == "scan" and tuned.config.positives.encoder == str(trained.directory.path)
     # The backbone at the paper's Adam rate, the fresh heads at the stage's.
     method = build_parts(tuned.config).method
-    rates = {(id(p), group["lr_scale"]) for group in optimizer_groups(method, tuned.config.optim) for p in group["params"]}
+    scale_of = {id(p): group["lr_scale"] for group in optimizer_groups(method, tuned.config.optim) for p in group["params"]}
     assert tuned.config.optim.lr == 1e-4
-    assert [round(scale, 9) for scale in {scale for key, scale in rates if key in {id(p) for p in method.heads.parameters()}}] == [50.0]
-    assert {scale for key, scale in rates if key in {id(p) for p in method.backbone.parameters()}} == {1.0}
+    assert {round(scale_of[id(p)], 9) for p in method.heads.parameters()} == {50.0}
+    assert {scale_of[id(p)] for p in method.backbone.parameters()} == {1.0}
     assert tuned.metrics["epoch"] == 2 and "head_nmi" in tuned.metrics
     initial = trained.backbone.state_dict()
     moved = [name for name, value in tuned.backbone.state_dict().items() if not torch.equal(value.cpu(), initial[name].cpu())]
