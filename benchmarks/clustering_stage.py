@@ -76,6 +76,13 @@ def head(metrics: dict) -> dict[str, float]:
     return {**scores, "neighbour_precision": metrics.get("stage", {}).get("neighbour_precision")}
 
 
+def add_end_to_end(rows: dict[str, list[tuple[dict[str, float], float]]], run: clusterclr.Run, out: Path,
+                   args: argparse.Namespace) -> None:
+    """SCAN end to end from ``run`` into ``out``, timed, as a row of ``rows``."""
+    tuned = timed(lambda: head(run.fit_stage_end_to_end(out, epochs=args.e2e_epochs, self_label_epochs=args.self_label_epochs).metrics))
+    rows.setdefault(f"SCAN end to end ({args.e2e_epochs} + {args.self_label_epochs} self-labelling epochs)", []).append(tuned)
+
+
 def stage_rows(args: argparse.Namespace) -> int:
     root = Path(args.runs) / time.strftime("%Y%m%d-%H%M%S")
     rows: dict[str, list[tuple[dict[str, float], float]]] = {}
@@ -87,9 +94,7 @@ def stage_rows(args: argparse.Namespace) -> int:
             ({name: run.metrics[f"kmeans_{name}"] for name in SCORES}, time.perf_counter() - start))
         for label, settings in STAGES.items():
             rows.setdefault(label, []).append(timed(lambda s=settings: head(run.fit_stage(settings=s, progress=False))))
-        tuned = timed(lambda: head(run.fit_stage_end_to_end(
-            root / f"scan-seed{seed}", epochs=args.e2e_epochs, self_label_epochs=args.self_label_epochs).metrics))
-        rows.setdefault(f"SCAN end to end ({args.e2e_epochs} + {args.self_label_epochs} self-labelling epochs)", []).append(tuned)
+        add_end_to_end(rows, run, root / f"scan-seed{seed}", args)
         print(f"seed {seed}: " + "; ".join(f"{k}: {v[-1][0]['nmi']:.3f}" for k, v in rows.items()), file=sys.stderr)
     print(table(rows))
     config = build_config(args.config, None, args.overrides)
@@ -110,9 +115,7 @@ def sweep_rows(args: argparse.Namespace) -> int:
         for label, settings in variants.items():
             rows.setdefault(f"stage: {label}", []).append(timed(lambda s=settings: head(run.fit_stage(settings=s, progress=False))))
         if args.e2e_epochs:
-            tuned = timed(lambda: head(run.fit_stage_end_to_end(
-                Path(args.runs) / f"scan-{Path(path).name}", epochs=args.e2e_epochs, self_label_epochs=args.self_label_epochs).metrics))
-            rows.setdefault(f"SCAN end to end ({args.e2e_epochs} + {args.self_label_epochs} self-labelling epochs)", []).append(tuned)
+            add_end_to_end(rows, run, Path(args.runs) / f"scan-{Path(path).name}", args)
         print(f"{path}: " + "; ".join(f"{k}: {v[-1][0]['nmi']:.3f}" for k, v in rows.items()), file=sys.stderr)
     print(table(rows))
     setting = (f"the frozen stage's settings on {len(args.run_dirs)} trained runs ({', '.join(args.run_dirs)}); every other "
