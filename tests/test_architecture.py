@@ -17,19 +17,11 @@ def _module_name(path: Path) -> str:
 
 
 def _imports(path: Path, modules: set[str]) -> set[str]:
-    """The clusterclr modules ``path`` imports, at any depth of its code, except under ``if TYPE_CHECKING:``."""
+    """The clusterclr modules ``path`` imports, at any depth of its code, ``if TYPE_CHECKING:`` blocks included:
+    a module that needs another's types only to annotate is still tied to it."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    skipped = {
-        id(node)
-        for block in ast.walk(tree)
-        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
-        for statement in block.body
-        for node in ast.walk(statement)
-    }
     found = set()
     for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

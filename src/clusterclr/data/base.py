@@ -11,29 +11,45 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from clusterclr.errors import UserError
 from clusterclr.pathtext import path_text
 
-if TYPE_CHECKING:
-    from clusterclr.data.streamed import StreamedImages
+
+class LazyImages(Protocol):
+    """What a data set needs of images it does not hold: a tensor's ``dtype``, ``ndim`` and ``shape``, a subset,
+    the files' sources, and joining (``data/streamed.py``'s ``StreamedImages`` is the one kind)."""
+
+    dtype: torch.dtype
+    ndim: int
+
+    @property
+    def shape(self) -> torch.Size: ...
+
+    @property
+    def sources(self) -> Sequence[str]: ...
+
+    def take(self, indices: torch.Tensor) -> LazyImages: ...
+
+    @staticmethod
+    def concat(parts: Sequence[LazyImages]) -> LazyImages: ...
 
 
 @dataclass(frozen=True)
 class ImageDataset:
     """A split of a data set.
 
-    images: uint8 tensor N×C×H×W with C in {1, 3}, or a ``StreamedImages`` of that shape.
+    images: uint8 tensor N×C×H×W with C in {1, 3}, or ``LazyImages`` of that shape (``StreamedImages``).
     labels: int64 tensor of N class indices, or None for unlabelled data.
     class_names: one name per class when labels exist.
     sources: where each image came from (a file path for folders), if known;
     looked up row by row for a streamed set.
     """
 
-    images: torch.Tensor | StreamedImages
+    images: torch.Tensor | LazyImages
     labels: torch.Tensor | None = None
     class_names: tuple[str, ...] | None = None
     sources: Sequence[str] | None = None

@@ -8,9 +8,9 @@ whole bank, small clusters dissolved and empty ones refilled by splitting
 the largest (``clustering/online.py``). ``refit`` clusters the bank's
 current features afresh by k-means, for a method that re-fits on a
 schedule: online updates only move the centroids a little at a time, so
-clusters fitted to an untrained encoder's features otherwise linger. Everything is a registered buffer,
-the write counter included, so a checkpoint carries the bank and a resumed
-run refreshes at the same steps.
+clusters fitted to an untrained encoder's features otherwise linger.
+Everything is a registered buffer, the write counter included, so a
+checkpoint carries the bank and a resumed run refreshes at the same steps.
 
 Memory. N images × D dims: features N·D in ``dtype``, labels N int64,
 centroids K·D float32. At ImageNet scale (N = 1,281,167, D = 128,

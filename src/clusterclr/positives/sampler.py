@@ -136,5 +136,3 @@ class SemanticPositives:
             encoder, modules, batch_statistics = self.mining_encoder()
             return images.encode(encoder, *modules, batch_statistics=batch_statistics)
         return self.encoder_loader(images.device).features(images)
-
-
