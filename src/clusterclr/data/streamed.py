@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from clusterclr import distributed
-from clusterclr.data.base import BadFile, bad_files_message
+from clusterclr.data.base import BadFile, ImageDataset, bad_files_message
 from clusterclr.data.decode import decode, square
 from clusterclr.data.index import StringTable
 from clusterclr.errors import UserError
