@@ -23,6 +23,9 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
         (["train", "--set", "clusters=5000"], "cannot make 5000 clusters"),
         (["train", "--set", "optim.batch_size=100000"], "fewer than optim.batch_size"),
         (["embed", "/no/such/run", "--out", "x.npy", "--data-root", "somewhere"], "--data-root needs --dataset"),
+        (["train", "--minutes", "5", "--epochs", "3"], "--minutes sets a new run's training budget"),
+        (["train", "--minutes", "0"], "--minutes sets a new run's training budget"),
+        (["train", "--minutes", "5", "--resume", "auto"], "--minutes sets a new run's training budget"),
     ],
 )
 def test_bad_input_gives_one_line_error(args, message, tmp_path):

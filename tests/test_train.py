@@ -1,9 +1,11 @@
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import clusterclr
 from clusterclr.cli import main
@@ -46,6 +48,24 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, interrupt_after_epoch):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((whole / "metrics.json").read_text()) == json.loads((interrupted / "metrics.json").read_text())
+
+
+def test_time_budget_trains_as_if_its_epochs_were_given(tmp_path, monkeypatch):
+    given = tmp_path / "epochs"
+    clusterclr.train(tiny_config(2), out=given)
+    steps_per_epoch = max(step for step, _ in step_losses(given)) // 2
+
+    clock = iter(range(10**6))  # one second per reading: every measured step takes a second
+    monkeypatch.setattr("clusterclr.training.budget.time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    budgeted = tmp_path / "minutes"
+    clusterclr.train(tiny_config(99), out=budgeted, minutes=2.5 * steps_per_epoch / 60)
+
+    assert RunDir(budgeted).read()[0].train.epochs == 2
+    assert yaml.safe_load((budgeted / "config.yaml").read_text())["train"]["epochs"] == 2
+    assert step_losses(budgeted) == step_losses(given)  # measuring left no trace in the weights or the random state
+    a = torch.load(RunDir(given).checkpoint, weights_only=True)["method"]
+    b = torch.load(RunDir(budgeted).checkpoint, weights_only=True)["method"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_short_run_learns_and_writes_everything(tmp_path):

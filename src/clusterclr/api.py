@@ -80,18 +80,22 @@ def train(
     overrides: Sequence[str] | Mapping[str, Any] = (),
     out: PathLike | None = None,
     init: PathLike | None = None,
+    minutes: float | None = None,
 ) -> Run:
     """Train a new run (in ``out``, default ``runs/METHOD-DATASET-TIME``), evaluate it, and return it.
 
-    ``init``: a trained run whose backbone the new run starts from. Under
-    ``torchrun`` every process calls this; rank 0's run holds the metrics.
+    ``init``: a trained run whose backbone the new run starts from.
+    ``minutes``: train for as many epochs as fit in that time on this
+    machine (measured first; the run's config records the epochs it became)
+    instead of ``train.epochs``. Under ``torchrun`` every process calls
+    this; rank 0's run holds the metrics.
     """
     config = make_config(config, overrides)
     with distributed.process_group():
         run_dir = RunDir(out) if out is not None else distributed.on_main_then_broadcast(
             RunDir.new_name, config.method.name, config.data.dataset
         )
-        trained = start_run(config, run_dir, init=None if init is None else RunDir(init))
+        trained = start_run(config, run_dir, init=None if init is None else RunDir(init), minutes=minutes)
     return Run.of(trained)
 
 

@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", help="data set name (see `clusterclr datasets`)")
     train.add_argument("--data-root", help="where the data set's files are")
     train.add_argument("--epochs", type=int, help="number of training epochs")
+    train.add_argument("--minutes", type=float, help="train for as many epochs as fit in this many minutes here, instead of --epochs")
     train.add_argument("--out", help="run directory (default: runs/METHOD-DATASET-TIME)")
     train.add_argument("--seed", type=int, help="random seed")
     train.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",

@@ -26,6 +26,9 @@ def _train(args: argparse.Namespace) -> int:
     from clusterclr.rundir import RunDir
 
     flags = _train_flags(args)
+    if args.minutes is not None and (args.epochs is not None or args.resume or not args.minutes > 0):
+        raise UserError("--minutes sets a new run's training budget instead of --epochs: give a positive number, "
+                        "without --epochs or --resume")
     configured = bool(args.config or args.overrides or any(v is not None for v in flags.values()))
     with distributed.process_group():
         run_dir = None
@@ -47,7 +50,7 @@ def _train(args: argparse.Namespace) -> int:
             if main:
                 processes = f" ({distributed.world_size()} processes)" if distributed.world_size() > 1 else ""
                 print(f"training {config.method.name} on {config.data.dataset}{processes} -> {path_text(run_dir.path)}", file=sys.stderr)
-            run = api.train(config, out=run_dir)
+            run = api.train(config, out=run_dir, minutes=args.minutes)
         if main:
             print(metrics_table(run.metrics))
             print(f"run directory: {path_text(run_dir.path)}")

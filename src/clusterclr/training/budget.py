@@ -35,7 +35,7 @@ def epochs_within(trainer: Trainer, minutes: float) -> tuple[int, float]:
                 host = next(batches)
             out = trainer.loss(host)
             trainer.optimise(out, 0)
-            float(out.loss)  # waits for the device
+            float(out.loss.detach())  # waits for the device
             seconds.append(time.perf_counter() - start)
     finally:
         method.load_state_dict(saved[0])
