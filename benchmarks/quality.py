@@ -19,7 +19,8 @@ overrides on top (one quoted string of ``key=value`` pairs per row):
 
 Runs trained elsewhere (in parallel streams, or by several invocations) make
 one table with ``--collect``; the time column is then the epochs' training
-time from each run's log:
+time from each run's log, and a second table follows the scores through
+training (each evaluation of ``train.eval_every``), so the trend is visible:
 
     python benchmarks/quality.py --collect runs/benchmarks/*/simclr-seed* runs/benchmarks/*/sepp_simclr-seed*
 """
@@ -95,6 +96,8 @@ def trained(config_file: str, overrides: list[str], method: str, seed: int, run_
 def run_metrics(run_dir: Path) -> dict:
     """A finished run's scores, with what its log says of its mined pairs and pseudo-labels."""
     metrics = json.loads(RunDir(run_dir).metrics.read_text())
+    if "stage" in metrics:  # a clustering stage fitted on the run later: its head is clustering_stage.py's to score
+        metrics = {k: v for k, v in metrics.items() if not k.startswith("head_")}
     mates: dict[int, list[float]] = {}
     for record in read_log(RunDir(run_dir).log):
         if record["kind"] == "method" and record.get("pair_precision") is not None:
@@ -212,9 +215,27 @@ def score_table(rows: list[tuple[str, list[dict], list[float]]], time_header: st
     return "\n".join(lines)
 
 
+def scores_by_epoch(run_dir: Path, final: dict) -> dict[int, dict]:
+    """A run's evaluations during training (its log's eval records) and its final one, by epoch."""
+    found = {r["epoch"]: r for r in read_log(RunDir(run_dir).log) if r["kind"] == "eval"}
+    return found | {final["epoch"]: final}
+
+
+def curve_table(curves: dict[str, list[dict[int, dict]]]) -> str:
+    """kNN and k-means NMI by epoch, a row per method and score; epochs every run of the method has."""
+    epochs = sorted({e for runs in curves.values() for run in runs for e in run})
+    lines = [f"| method | score | {' | '.join(f'epoch {e}' for e in epochs)} |", "|---|---|" + "---|" * len(epochs)]
+    for label, runs in curves.items():
+        for key, name in (("knn_acc", "kNN"), ("kmeans_nmi", "NMI")):
+            cells = [summarise([run[e].get(key) for run in runs]) if all(e in run for run in runs) else "–" for e in epochs]
+            lines.append(f"| {label} | {name} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def collect(args: argparse.Namespace) -> int:
     """A table of runs already trained (``NAME-seedN`` directories, as this script names them), rows by NAME."""
     rows: dict[str, tuple[list[dict], list[float]]] = {}
+    curves: dict[str, list[dict[int, dict]]] = {}
     for directory in map(Path, args.collect):
         if not RunDir(directory).metrics.is_file():
             raise UserError(f"{directory} holds no finished run (no {RunDir(directory).metrics.name})")
@@ -222,7 +243,10 @@ def collect(args: argparse.Namespace) -> int:
         results, seconds = rows.setdefault(label, ([], []))
         results.append(run_metrics(directory))
         seconds.append(sum(r["seconds"] for r in read_log(RunDir(directory).log) if r["kind"] == "epoch"))
+        curves.setdefault(label, []).append(scores_by_epoch(directory, results[-1]))
     table = score_table([(label, *found) for label, found in rows.items()], "training time (s)")
+    table += "\n\nThe same runs' scores at each evaluation during training (`train.eval_every`), mean ± std over seeds:\n\n"
+    table += curve_table(curves)
     print(table)
     append_result(args.results, f"collected runs: {', '.join(rows)}",
                   f"{len(args.collect)} finished runs, those of the command (the machine line is the collecting process's, "
