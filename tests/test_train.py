@@ -10,6 +10,7 @@ import yaml
 import clusterclr
 from clusterclr.cli import main
 from clusterclr.configure import build_config
+from clusterclr.errors import UserError
 from clusterclr.rundir import RunDir
 from clusterclr.runlog import read_log
 
@@ -66,6 +67,12 @@ def test_time_budget_trains_as_if_its_epochs_were_given(tmp_path, monkeypatch):
     a = torch.load(RunDir(given).checkpoint, weights_only=True)["method"]
     b = torch.load(RunDir(budgeted).checkpoint, weights_only=True)["method"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_time_budget_that_is_not_positive_is_refused_before_the_run_starts(tmp_path):
+    with pytest.raises(UserError, match="a positive number"):
+        clusterclr.train(tiny_config(2), out=tmp_path / "run", minutes=0)
+    assert not (tmp_path / "run").exists()
 
 
 def test_short_run_learns_and_writes_everything(tmp_path):

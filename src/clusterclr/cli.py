@@ -24,11 +24,12 @@ def _train(args: argparse.Namespace) -> int:
     from clusterclr.commands.train import run_to_resume
     from clusterclr.configure import build_config
     from clusterclr.rundir import RunDir
+    from clusterclr.training.budget import check_budget
 
     flags = _train_flags(args)
-    if args.minutes is not None and (args.epochs is not None or args.resume or not args.minutes > 0):
-        raise UserError("--minutes sets a new run's training budget instead of --epochs: give a positive number, "
-                        "without --epochs or --resume")
+    check_budget(args.minutes, args.epochs)
+    if args.minutes is not None and args.resume:
+        raise UserError("--minutes sets a new run's training budget; --resume continues a run on its saved one: drop --minutes")
     configured = bool(args.config or args.overrides or any(v is not None for v in flags.values()))
     with distributed.process_group():
         run_dir = None

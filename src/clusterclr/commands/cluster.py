@@ -54,6 +54,7 @@ from clusterclr.report.write import write_report
 from clusterclr.rundir import RunDir
 from clusterclr.runlog import read_log
 from clusterclr.stage.store import read_stage
+from clusterclr.training.budget import check_budget
 from clusterclr.training.run import TrainedRun, resume_run, start_run
 
 DEFAULT_METHOD = "simclr"
@@ -101,8 +102,7 @@ def check_request(request: ClusterRequest) -> int:
     found = len(folder_index(folder).files)  # counted from the (cached) index: no path objects for a million files
     if request.clusters != "auto" and request.clusters > found:
         raise UserError(f"--clusters {request.clusters} is more than the {found} images in {path_text(folder)}")
-    if request.minutes is not None and (request.epochs is not None or not request.minutes > 0):
-        raise UserError("--minutes sets the training budget instead of --epochs: give one of them, and a positive number")
+    check_budget(request.minutes, request.epochs)
     if request.init is not None and not request.init.path.is_dir():
         raise UserError(f"--init: run directory not found: {path_text(request.init.path)}")
     if request.weights is not None and not request.weights.is_file():

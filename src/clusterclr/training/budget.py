@@ -8,9 +8,17 @@ import time
 
 import torch
 
+from clusterclr.errors import UserError
 from clusterclr.training.loop import Trainer
 
 MEASURED_STEPS = 3
+
+
+def check_budget(minutes: float | None, epochs: int | None = None) -> None:
+    """A budget in minutes replaces the epochs: not both at once, and only a positive one."""
+    if minutes is not None and (epochs is not None or not minutes > 0):
+        raise UserError("--minutes sets a new run's training budget instead of --epochs: give one of them, "
+                        "and a positive number")
 
 
 def epochs_within(trainer: Trainer, minutes: float) -> tuple[int, float]:

@@ -19,7 +19,7 @@ from clusterclr.evaluate.results import update_metrics
 from clusterclr.evaluate.standard import evaluate_parts
 from clusterclr.rundir import RunDir
 from clusterclr.runlog import RunLog, SilentLog
-from clusterclr.training.budget import epochs_within
+from clusterclr.training.budget import check_budget, epochs_within
 from clusterclr.training.loop import Trainer
 from clusterclr.weights import with_weights
 
@@ -47,6 +47,7 @@ def start_run(config: Config, run_dir: RunDir, init: RunDir | None = None, minut
     """
     if init is not None and config.model.weights is not None:
         raise UserError("--init and model.weights both give the backbone to start from; give one of them")
+    check_budget(minutes)
     if distributed.is_main():
         run_dir.create()
     config, weights = with_weights(config)
