@@ -11,9 +11,11 @@ then self-labelling), each with its wall time:
 
 Part 2: `clusterclr cluster` on a folder of real CIFAR-10 PNGs in class
 subfolders (the labels score the clusters; training never sees them),
-today's default against the one before (64 px, no stage):
+today's default against the one before (64 px, no stage), and with
+``--row`` today's default with other settings:
 
-    python benchmarks/clustering_stage.py command --cifar ../shared/data/cifar-10-batches-py --images 1000 --seeds 0 1 2
+    python benchmarks/clustering_stage.py command --cifar ../shared/data/cifar-10-batches-py --images 1000 --seeds 0 1 2 \
+        --row "train.epochs=300"
 
 Part 3: a sweep of the frozen stage's settings on runs already trained
 (part 1's ``pretext-seed*`` folders, one per seed), k-means and the
@@ -142,11 +144,11 @@ def command_rows(args: argparse.Namespace) -> int:
     defaults = {
         "today's default (native size, SCAN stage)": [],
         "the default before (64 px, k-means)": ["data.image_size=64", "stage=null"],
-    }
+    } | {f"today's default with {row}": row.split() for row in args.rows}
     rows: dict[str, list[tuple[dict[str, float], float]]] = {}
     for seed in args.seeds:
-        for label, overrides in defaults.items():
-            out = root / f"{len(rows)}-{label.split(' (')[0].replace(' ', '_')}-seed{seed}"
+        for number, (label, overrides) in enumerate(defaults.items()):
+            out = root / f"row{number}-seed{seed}"
 
             def run(o=overrides, out=out) -> dict[str, float]:
                 found = clusterclr.cluster(folder, 10, out=out, seed=seed, overrides=["train.progress=false", *o])  # noqa: B023
@@ -179,6 +181,8 @@ def main() -> int:
     command = parts.add_parser("command", help="clusterclr cluster's default against the one before")
     command.add_argument("--cifar", required=True, help="the cifar-10-batches-py directory")
     command.add_argument("--images", type=int, default=1000)
+    command.add_argument("--row", dest="rows", action="append", default=[], metavar="'KEY=VALUE ...'",
+                         help="also today's default with these settings (repeatable)")
     for part in (stage, command):
         part.add_argument("--seeds", nargs="+", type=int, default=[0])
         part.add_argument("--runs", default="runs/benchmarks")

@@ -16,6 +16,7 @@ from PIL import Image
 
 from clusterclr import io as clusterclr_io
 from clusterclr.cli import main
+from clusterclr.commands.cluster import ClusterRequest, check_request, cluster_config
 from clusterclr.data.cifar import load_cifar10
 from clusterclr.rundir import RunDir
 
@@ -276,3 +277,18 @@ def test_a_copy_cut_short_is_undone_and_named_with_the_command_that_copies_again
     assert main(["cluster", "--resume", str(again), "--copy-to", str(copies)]) == 0
     copied = {p.name: p for p in copies.rglob("*") if p.is_file()}
     assert sorted(copied) == sorted(names) and {name: _digest(p) for name, p in copied.items()} == digests
+
+
+@pytest.mark.parametrize(("images", "given", "epochs"), [(12, None, 300), (1000, None, 300), (2000, None, 150), (5000, None, 100), (12, 5, 5)])
+def test_default_training_sees_about_300000_images_in_100_to_300_epochs_at_the_images_own_size(images, given, epochs, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, (12, 28, 30, 3), dtype=np.uint8)
+    for i, pixels in enumerate(noise):
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    request = ClusterRequest(folder=folder, clusters=3, out=RunDir(tmp_path / "run"), epochs=given)
+    assert check_request(request) == 12
+    config = cluster_config(request, images)
+    assert config.train.epochs == epochs
+    assert config.data.image_size == 28  # the shorter side, never upsampled to 64
+    assert config.optim.batch_size == min(256, images // 2)
