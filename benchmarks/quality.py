@@ -215,9 +215,9 @@ def score_table(rows: list[tuple[str, list[dict], list[float]]], time_header: st
     return "\n".join(lines)
 
 
-def scores_by_epoch(run_dir: Path, final: dict) -> dict[int, dict]:
+def scores_by_epoch(log: list[dict], final: dict) -> dict[int, dict]:
     """A run's evaluations during training (its log's eval records) and its final one, by epoch."""
-    found = {r["epoch"]: r for r in read_log(RunDir(run_dir).log) if r["kind"] == "eval"}
+    found = {r["epoch"]: r for r in log if r["kind"] == "eval"}
     return found | {final["epoch"]: final}
 
 
@@ -242,8 +242,9 @@ def collect(args: argparse.Namespace) -> int:
         label = directory.name.rsplit("-seed", 1)[0]
         results, seconds = rows.setdefault(label, ([], []))
         results.append(run_metrics(directory))
-        seconds.append(sum(r["seconds"] for r in read_log(RunDir(directory).log) if r["kind"] == "epoch"))
-        curves.setdefault(label, []).append(scores_by_epoch(directory, results[-1]))
+        log = list(read_log(RunDir(directory).log))
+        seconds.append(sum(r["seconds"] for r in log if r["kind"] == "epoch"))
+        curves.setdefault(label, []).append(scores_by_epoch(log, results[-1]))
     table = score_table([(label, *found) for label, found in rows.items()], "training time (s)")
     table += "\n\nThe same runs' scores at each evaluation during training (`train.eval_every`), mean ± std over seeds:\n\n"
     table += curve_table(curves)
