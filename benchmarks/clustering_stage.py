@@ -15,7 +15,7 @@ today's default against the one before (64 px, no stage), and with
 ``--row`` today's default with other settings:
 
     python benchmarks/clustering_stage.py command --cifar ../shared/data/cifar-10-batches-py --images 1000 --seeds 0 1 2 \
-        --row "train.epochs=300"
+        --row "train.epochs=100"
 
 Part 3: a sweep of the frozen stage's settings on runs already trained
 (part 1's ``pretext-seed*`` folders, one per seed), k-means and the
