@@ -401,6 +401,12 @@ def test_without_a_refresh_period_partners_are_mined_once_after_the_warm_up():
     assert [e for e in range(20) if parts.method.is_mining_epoch(e)] == [3]
 
 
+def test_a_given_encoder_is_mined_before_the_first_epoch_whatever_the_warm_up(tmp_path):
+    # A preset's warm-up is for self-mining; it must not hold back a user's --set positives.encoder.
+    parts = sepp_parts("simclr", "positives.warmup_epochs=10", "positives.refresh_every=5", f"positives.encoder={tmp_path}")
+    assert [e for e in range(40) if parts.method.is_mining_epoch(e)] == [0]
+
+
 def test_simclr_can_mine_with_an_ema_of_its_backbone():
     parts = sepp_parts("simclr", "positives.mine_with=momentum", "positives.momentum=0.5")
     method = parts.method
@@ -495,6 +501,8 @@ def test_positives_config_defaults_and_errors(tmp_path):
     assert config.positives.neighbours == 1 and config.positives.first_mining_epoch() == 10
     given = build_config(flags={"method.name": "sepp_simsiam"}, overrides=["positives.encoder=some/run"])
     assert given.positives.encoder.startswith("/") and given.positives.first_mining_epoch() == 0
+    # A run saved when null meant "the default" still loads.
+    assert build_config(flags={"method.name": "sepp_simsiam"}, overrides=["positives.warmup_epochs=null"]).positives.warmup_epochs == 10
     assert build_config(flags={"method.name": "simclr"}).positives is None
     with pytest.raises(UserError, match="positives.neighbours, positives.threshold is set but method 'simclr'"):
         build_config(overrides=["positives.neighbours=2", "positives.threshold=0.9"])

@@ -279,8 +279,10 @@ class PositivesConfig(_Section):
     # Re-mine every N epochs (the model being trained changes); None: mine once, after the warm-up.
     # A given encoder is mined once either way.
     refresh_every: PositiveInt | None = 5
-    # Plain instance epochs before the first mining; None: 0 with a given encoder, else 10.
-    warmup_epochs: NonNegativeInt | None = None
+    # Plain instance epochs before the model being trained first mines its own partners. A given
+    # encoder is good from the start, so its partners are mined before the first epoch whatever this
+    # says: a preset's warm-up then does not delay `--set positives.encoder=RUN_DIR`.
+    warmup_epochs: NonNegativeInt = 10
     # Which network of the model being trained mines: online (its backbone), momentum (its momentum
     # encoder's backbone; for methods without one, an EMA copy of the backbone kept for mining), or
     # auto (momentum where the method has a momentum encoder, else online).
@@ -293,11 +295,14 @@ class PositivesConfig(_Section):
     def _absolute(cls, encoder: str | None) -> str | None:
         return None if encoder is None else str(Path(encoder).expanduser().absolute())
 
+    @field_validator("warmup_epochs", mode="before")
+    @classmethod
+    def _saved_default(cls, epochs: int | None) -> int | None:
+        # Runs saved before the warm-up became self-mining's alone wrote null for the default.
+        return 10 if epochs is None else epochs
+
     def first_mining_epoch(self) -> int:
-        if self.warmup_epochs is not None:
-            return self.warmup_epochs
-        # An untrained model's neighbours are noise; a given encoder is good from the start.
-        return 0 if self.encoder is not None else 10
+        return 0 if self.encoder is not None else self.warmup_epochs
 
 
 class StageConfig(_Section):

@@ -10,10 +10,11 @@ method gets
 - mining in ``on_epoch_start``: after ``positives.warmup_epochs`` plain
   epochs and then every ``positives.refresh_every`` epochs (or once) with
   the model being trained (``mining_encoder``: its backbone, its momentum
-  encoder, or an EMA copy of its backbone kept for mining alone), or once
-  with a trained run or a pretrained weights file the user gives
-  (``positives.encoder``, which ``build`` hands in as a loader of a
-  ``positives/encoders.py`` encoder); the epoch's diagnostics are logged;
+  encoder, or an EMA copy of its backbone kept for mining alone), or once,
+  before the first epoch, with a trained run or a pretrained weights file
+  the user gives (``positives.encoder``, which ``build`` hands in as a
+  loader of a ``positives/encoders.py`` encoder); the epoch's diagnostics
+  are logged;
 - an ``epoch_order`` that puts partners next to each other.
 
 The method itself only widens its positives hook with
