@@ -297,9 +297,9 @@ class PositivesConfig(_Section):
 
     @field_validator("warmup_epochs", mode="before")
     @classmethod
-    def _saved_default(cls, epochs: int | None) -> int | None:
+    def _saved_default(cls, epochs: int | None) -> int:
         # Runs saved before the warm-up became self-mining's alone wrote null for the default.
-        return 10 if epochs is None else epochs
+        return cls.model_fields["warmup_epochs"].default if epochs is None else epochs
 
     def first_mining_epoch(self) -> int:
         return 0 if self.encoder is not None else self.warmup_epochs
