@@ -16,7 +16,8 @@ from PIL import Image
 
 from clusterclr import io as clusterclr_io
 from clusterclr.cli import main
-from clusterclr.commands.cluster import ClusterRequest, check_request, cluster_config
+from clusterclr.arguments import build_parser
+from clusterclr.commands.cluster import IMAGES_SEEN, MAX_EPOCHS, MIN_EPOCHS, ClusterRequest, check_request, cluster_config
 from clusterclr.data.cifar import load_cifar10
 from clusterclr.rundir import RunDir
 
@@ -292,3 +293,11 @@ def test_default_training_sees_about_300000_images_in_100_to_300_epochs_at_the_i
     assert config.train.epochs == epochs
     assert config.data.image_size == 28  # the shorter side, never upsampled to 64
     assert config.optim.batch_size == min(256, images // 2)
+
+
+def test_the_epochs_help_states_the_commands_own_default(capsys):
+    # arguments.py imports nothing heavy, so it spells the numbers out: this keeps them the command's.
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["cluster", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"default: {MIN_EPOCHS}, more for a small folder to see about {IMAGES_SEEN:,} images, up to {MAX_EPOCHS};" in text
