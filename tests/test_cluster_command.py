@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from clusterclr import io as clusterclr_io
-from clusterclr.cli import main
 from clusterclr.arguments import build_parser
+from clusterclr.cli import main
 from clusterclr.commands.cluster import IMAGES_SEEN, MAX_EPOCHS, MIN_EPOCHS, ClusterRequest, check_request, cluster_config
 from clusterclr.data.cifar import load_cifar10
 from clusterclr.rundir import RunDir
