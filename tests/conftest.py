@@ -1,6 +1,8 @@
-"""Session set-up shared by every test module."""
+"""Session set-up and fixtures shared by every test module."""
 
+import itertools
 import os
+import signal
 
 import pytest
 import torch
@@ -34,3 +36,23 @@ def interrupt_after_epoch(monkeypatch):
                 api.train(config, out=out)
 
     return interrupt
+
+
+@pytest.fixture
+def ctrl_c_at_step(monkeypatch):
+    """``ctrl_c_at_step(method_cls, step, times=1)``: from now on, the ``step``-th call of
+    ``method_cls.training_step`` first sends this process ``times`` SIGINTs, as Ctrl-C pressed during
+    that step would. ``monkeypatch.undo()`` (or the test's end) restores the method."""
+
+    def arm(method_cls, step: int, times: int = 1) -> None:
+        real, calls = method_cls.training_step, itertools.count(1)
+
+        def training_step(self, batch):
+            if next(calls) == step:
+                for _ in range(times):
+                    os.kill(os.getpid(), signal.SIGINT)
+            return real(self, batch)
+
+        monkeypatch.setattr(method_cls, "training_step", training_step)
+
+    return arm

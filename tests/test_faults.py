@@ -157,21 +157,8 @@ def test_a_read_only_run_directory_is_refused(tmp_path, capsys):
 # --- signals (real ones from another process: test_interrupt.py) ----------------------------------
 
 
-def signal_at_step(monkeypatch, step: int, times: int) -> None:
-    real = SimCLR.training_step
-    calls = itertools.count(1)
-
-    def training_step(self, batch):
-        if next(calls) == step:
-            for _ in range(times):
-                os.kill(os.getpid(), signal.SIGINT)
-        return real(self, batch)
-
-    monkeypatch.setattr(SimCLR, "training_step", training_step)
-
-
-def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_a_second_one_aborts(tmp_path, monkeypatch):
-    signal_at_step(monkeypatch, 3, times=1)
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_a_second_one_aborts(tmp_path, ctrl_c_at_step):
+    ctrl_c_at_step(SimCLR, 3)
     run = tmp_path / "run"
     # Not necessarily the default handler: a shell's background job starts with SIGINT ignored.
     handler_before = signal.getsignal(signal.SIGINT)
@@ -181,7 +168,7 @@ def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_a_second_one_aborts(t
     assert load_checkpoint(RunDir(run).checkpoint)["mid_epoch"]["step"] == 3
     assert signal.getsignal(signal.SIGINT) is handler_before  # handlers last only while training
 
-    signal_at_step(monkeypatch, 2, times=2)
+    ctrl_c_at_step(SimCLR, 2, times=2)
     with pytest.raises(KeyboardInterrupt):
         clusterclr.train(tiny(1), out=tmp_path / "again")
     assert "mid_epoch" not in load_checkpoint(RunDir(tmp_path / "again").checkpoint)

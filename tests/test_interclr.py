@@ -1,9 +1,6 @@
 """InterCLR's parts: cluster-mate and semi-hard samplers, the margin loss, and the method's bank handling."""
 
-import itertools
 import math
-import os
-import signal
 
 import numpy as np
 import pytest
@@ -212,7 +209,7 @@ def test_unlabelled_data_needs_a_cluster_count_and_logs_no_nmi(tmp_path):
     assert "positive_precision" not in out.logs and "inter" in out.logs
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
+def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, ctrl_c_at_step):
     data = tmp_path / "data.npz"
     generator = np.random.default_rng(0)
     np.savez(data, x=generator.integers(0, 256, (60, 8, 8), dtype=np.uint8), y=np.arange(60) % 3)
@@ -230,17 +227,10 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
     whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
     clusterclr.train(config, out=whole)
     # Ctrl-C at step 3 of epoch 2: a mid-epoch checkpoint, resumed without on_epoch_start.
-    real, calls = InterCLR.training_step, itertools.count(1)
-
-    def training_step(self, batch):
-        if next(calls) == 9:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(self, batch)
-
-    monkeypatch.setattr(InterCLR, "training_step", training_step)
+    ctrl_c_at_step(InterCLR, 9)
     with pytest.raises(Interrupted, match="at epoch 2, step 3 of 6"):
         clusterclr.train(config, out=interrupted)
-    monkeypatch.setattr(InterCLR, "training_step", real)
+    monkeypatch.undo()
     clusterclr.resume(interrupted)
     losses = lambda run: [(r["step"], r["loss"]) for r in read_log(RunDir(run).log) if r["kind"] == "step"]  # noqa: E731
     assert len(losses(whole)) == 18 and losses(interrupted) == losses(whole)

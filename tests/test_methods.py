@@ -49,8 +49,10 @@ def test_short_run_on_digits_learns_without_collapse(method, tmp_path):
     assert epochs[-1] < epochs[1]
     dim = int(SMALL_HEADS[method][1].split("=")[1])
     # Collapsed outputs have std ~0; uniformly spread ones about 1/sqrt(dim). MoCo's queries sit
-    # in a narrower cone than SimCLR's early on (about 0.2/sqrt(dim) here), so the bar is 0.1/sqrt(dim).
-    assert [r["output_std"] for r in log if r["kind"] == "step"][-1] > 0.1 / math.sqrt(dim)
+    # in a narrower cone than SimCLR's early on (about 0.2/sqrt(dim) here), InterCLR's narrower
+    # still as cluster mates attract (0.10-0.12/sqrt(dim), by precision and thread count), so the
+    # bar is 0.05/sqrt(dim).
+    assert [r["output_std"] for r in log if r["kind"] == "step"][-1] > 0.05 / math.sqrt(dim)
     # Six epochs take SimCLR to about 0.75 and the SimSiam family to about 0.5.
     assert metrics["knn_acc"] > untrained + 0.2
 
