@@ -17,8 +17,11 @@ from PIL import Image
 from clusterclr import io as clusterclr_io
 from clusterclr.arguments import build_parser
 from clusterclr.cli import main
-from clusterclr.commands.cluster import IMAGES_SEEN, MAX_EPOCHS, MIN_EPOCHS, ClusterRequest, check_request, cluster_config
+from clusterclr.commands.cluster import (
+    DEFAULT_MINUTES, IMAGES_SEEN, MAX_EPOCHS, MIN_EPOCHS, ClusterRequest, check_request, cluster_config,
+)
 from clusterclr.data.cifar import load_cifar10
+from clusterclr.methods.simclr import SimCLR
 from clusterclr.rundir import RunDir
 
 SHARED_CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-batches-py"
@@ -167,12 +170,10 @@ def test_bad_input_is_a_one_line_error_before_any_work(arguments, message, clust
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
 
 
-def test_an_interrupted_cluster_run_is_finished_by_resume(clustered, tmp_path, monkeypatch, capsys):
-    from test_faults import signal_at_step
-
+def test_an_interrupted_cluster_run_is_finished_by_resume(clustered, tmp_path, monkeypatch, ctrl_c_at_step, capsys):
     folder, names, _, _, _ = clustered
     run = tmp_path / "run"
-    signal_at_step(monkeypatch, 3, times=1)  # two steps an epoch: the first step of epoch 2
+    ctrl_c_at_step(SimCLR, 3)  # two steps an epoch: the first step of epoch 2
     arguments = ["cluster", str(folder), "--clusters", "3", "--epochs", "2", "--out", str(run), "--set", *FAST, "train.progress=false"]
     assert main(arguments) == 130
     assert f"continue with: clusterclr cluster --resume {run}" in capsys.readouterr().err
@@ -281,7 +282,9 @@ def test_a_copy_cut_short_is_undone_and_named_with_the_command_that_copies_again
 
 
 @pytest.mark.parametrize(("images", "given", "epochs"), [(12, None, 300), (1000, None, 300), (2000, None, 150), (5000, None, 100), (12, 5, 5)])
-def test_default_training_sees_about_300000_images_in_100_to_300_epochs_at_the_images_own_size(images, given, epochs, tmp_path):
+def test_default_training_sees_about_300000_images_in_100_to_300_epochs_within_10_minutes_at_the_images_own_size(
+    images, given, epochs, tmp_path
+):
     folder = tmp_path / "photos"
     folder.mkdir()
     noise = np.random.default_rng(0).integers(0, 256, (12, 28, 30, 3), dtype=np.uint8)
@@ -291,6 +294,8 @@ def test_default_training_sees_about_300000_images_in_100_to_300_epochs_at_the_i
     assert check_request(request) == 12
     config = cluster_config(request, images)
     assert config.train.epochs == epochs
+    assert config.train.max_minutes == (DEFAULT_MINUTES if given is None else None)  # the user's epochs are not cut
+    assert cluster_config(ClusterRequest(folder=folder, clusters=3, out=request.out, minutes=5), images).train.max_minutes is None
     assert config.data.image_size == 28  # the shorter side, never upsampled to 64
     assert config.optim.batch_size == min(256, images // 2)
 
@@ -300,4 +305,5 @@ def test_the_epochs_help_states_the_commands_own_default(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["cluster", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert f"default: {MIN_EPOCHS}, more for a small folder to see about {IMAGES_SEEN:,} images, up to {MAX_EPOCHS};" in text
+    assert (f"default: {MIN_EPOCHS}, more for a small folder to see about {IMAGES_SEEN:,} images, up to {MAX_EPOCHS}, "
+            f"and no more than fit in {DEFAULT_MINUTES:g} minutes here;") in text

@@ -69,6 +69,23 @@ def test_time_budget_trains_as_if_its_epochs_were_given(tmp_path, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_time_cap_cuts_the_epochs_to_what_fits_and_trains_as_if_they_were_given(tmp_path, monkeypatch, capsys):
+    given = tmp_path / "epochs"
+    clusterclr.train(tiny_config(2), out=given)
+    steps_per_epoch = max(step for step, _ in step_losses(given)) // 2
+    clock = iter(range(10**6))  # one second per reading: every measured step takes a second
+    monkeypatch.setattr("clusterclr.training.budget.time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    capped = tmp_path / "capped"
+    clusterclr.train(tiny_config(99, f"train.max_minutes={2.5 * steps_per_epoch / 60}"), out=capped)
+    assert RunDir(capped).read()[0].train.epochs == 2
+    assert "99 epochs would take about" in capsys.readouterr().err
+    assert step_losses(capped) == step_losses(given)
+    # A cap the epochs fit in changes nothing, and says nothing.
+    clusterclr.train(tiny_config(2, "train.max_minutes=60"), out=tmp_path / "uncut")
+    assert RunDir(tmp_path / "uncut").read()[0].train.epochs == 2 and capsys.readouterr().err == ""
+    assert step_losses(tmp_path / "uncut") == step_losses(given)
+
+
 def test_time_budget_that_is_not_positive_is_refused_before_the_run_starts(tmp_path):
     with pytest.raises(UserError, match="a positive number"):
         clusterclr.train(tiny_config(2), out=tmp_path / "run", minutes=0)

@@ -86,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--weights", metavar="FILE",
                          help="start from a pretrained backbone's weights file (ResNet, DINOv2, CLIP, ...; see README)")
     cluster.add_argument("--epochs", type=int,
-                         help="training epochs (default: 100, more for a small folder to see about 300,000 images, up to 300; 0 with "
-                              "--weights; 0 clusters the initial features as they are)")
+                         help="training epochs (default: 100, more for a small folder to see about 300,000 images, up to 300, and no "
+                              "more than fit in 10 minutes here; 0 with --weights; 0 clusters the initial features as they are)")
     cluster.add_argument("--minutes", type=float, help="train for as many epochs as fit in this many minutes here, instead of --epochs")
     cluster.add_argument("--out", help="run directory (default: runs/cluster-FOLDER-TIME)")
     cluster.add_argument("--copy-to", metavar="DIR", help="also copy the images into DIR/cluster_NN/ (originals untouched)")

@@ -210,6 +210,10 @@ class OptimConfig(_Section):
 
 class TrainConfig(_Section):
     epochs: NonNegativeInt = 200
+    # Cut `epochs` to as many as fit in this many minutes here, measured before training starts (the
+    # config records the epochs it became): `cluster` sets it so that its default length stays short on
+    # a slow CPU. A `--minutes` budget replaces both.
+    max_minutes: PositiveFloat | None = None
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     # auto: bf16 autocast where the device computes it natively, fp32 otherwise.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

@@ -62,8 +62,11 @@ DEFAULT_METHOD = "simclr"
 # Training length from scratch: at least 100 epochs, and for small folders enough to see about 300,000 images
 # (up to 300 epochs), so that a few thousand small images take about 10 minutes on 2 CPU cores. On 1,000
 # CIFAR-10 images, 100 epochs are 300 steps and clustered them at NMI about 0.18, 300 epochs at about 0.22
-# (3 seeds; BENCHMARKS.md, "clusterclr cluster").
+# (3 seeds; BENCHMARKS.md, "clusterclr cluster"). CPUs differ by 4x and more in training speed (about 9
+# minutes for those 300 epochs on one 2-core Intel Xeon, about 33 on a 2-core AVX2 AMD EPYC), so the
+# default is also cut to what fits in DEFAULT_MINUTES on the machine it runs on (train.max_minutes).
 MIN_EPOCHS, MAX_EPOCHS, IMAGES_SEEN = 100, 300, 300_000
+DEFAULT_MINUTES = 10.0
 DEFAULT_STAGE: dict[str, Any] = {"loss": "scan"}
 
 
@@ -125,8 +128,9 @@ def check_request(request: ClusterRequest) -> int:
 def cluster_config(request: ClusterRequest, images: int) -> Config:
     """The training config: practitioner defaults, under the user's --config, flags and --set.
 
-    Defaults: SimCLR, ``default_epochs(images)`` (0 with pretrained weights:
-    their features as they are), batch min(256, images / 2) so small folders still make
+    Defaults: SimCLR, ``default_epochs(images)`` cut to what fits in
+    ``DEFAULT_MINUTES`` here (0 with pretrained weights: their features as
+    they are), batch min(256, images / 2) so small folders still make
     several steps per epoch, a SCAN clustering stage on the trained
     features, no online evaluation (no labels to score), no end-of-training
     report (``cluster`` writes its own). Images are never upsampled:
@@ -164,6 +168,8 @@ def cluster_config(request: ClusterRequest, images: int) -> Config:
     weights = isinstance(model, dict) and model.get("weights")
     if isinstance(train, dict) and "epochs" not in train:
         train["epochs"] = 0 if weights else default_epochs(images)
+        if not weights and request.minutes is None:
+            train.setdefault("max_minutes", DEFAULT_MINUTES)
     if isinstance(data, dict) and "image_size" not in data and not weights:
         index = folder_index(request.folder)
         side = typical_side([index.path(i) for i in range(0, len(index.files), max(1, len(index.files) // 200))])

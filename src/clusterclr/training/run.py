@@ -43,7 +43,9 @@ def start_run(config: Config, run_dir: RunDir, init: RunDir | None = None, minut
     the architecture and the input (``weights.py``); the config records them.
     With ``train.epochs: 0`` either is a run of its features as they are.
     ``minutes``: train for as many epochs as fit in that time here (measured
-    first; the config records the epochs it became), instead of ``train.epochs``.
+    first; the config records the epochs it became), instead of ``train.epochs``
+    and ``train.max_minutes``. Without it, ``train.max_minutes`` cuts
+    ``train.epochs`` to what fits in that time, measured the same way.
     """
     if init is not None and config.model.weights is not None:
         raise UserError("--init and model.weights both give the backbone to start from; give one of them")
@@ -58,17 +60,37 @@ def start_run(config: Config, run_dir: RunDir, init: RunDir | None = None, minut
     else:
         parts = build_parts(config, initial["normalisation"], backbone_state(initial["method"], init))
     trainer = Trainer(parts, run_dir)
-    if minutes is not None:
-        measured = epochs_within(trainer, minutes)  # on every rank: the steps of a distributed run go together
-        epochs, per_epoch = distributed.on_main_then_broadcast(lambda: measured)
-        trainer.set_epochs(epochs)
-        if distributed.is_main():
-            print(f"{minutes:g} minutes of training: about {per_epoch:.1f} s per epoch here, so {epochs} epochs", file=sys.stderr)
+    fit_to_time(trainer, minutes)
     if distributed.is_main():
         run_dir.write_config(config)
         run_dir.write_skipped_files(parts.splits.skipped)
     trainer.save()  # epoch 0: evaluate and embed work even on a run stopped in its first epoch
     return _train(trainer)
+
+
+def fit_to_time(trainer: Trainer, minutes: float | None) -> None:
+    """Set the epochs of a run about to start from a time budget, measured here (``epochs_within``).
+
+    ``minutes`` replaces ``train.epochs`` and ``train.max_minutes``; without
+    it ``train.max_minutes`` cuts ``train.epochs`` to what fits in that time.
+    Either way the config records the epochs it became.
+    """
+    train = trainer.config.train
+    if minutes is not None:
+        train.max_minutes = None
+    elif train.max_minutes is None or train.epochs == 0:
+        return
+    measured = epochs_within(trainer, minutes or train.max_minutes)  # on every rank: the steps of a distributed run go together
+    fitting, per_epoch = distributed.on_main_then_broadcast(lambda: measured)
+    planned = train.epochs
+    epochs = fitting if minutes is not None else min(fitting, planned)
+    trainer.set_epochs(epochs)
+    if distributed.is_main() and minutes is not None:
+        print(f"{minutes:g} minutes of training: about {per_epoch:.1f} s per epoch here, so {epochs} epochs", file=sys.stderr)
+    elif distributed.is_main() and epochs < planned:
+        print(f"{planned} epochs would take about {planned * per_epoch / 60:.0f} minutes here ({per_epoch:.1f} s per epoch): "
+              f"training {epochs}, what fits in train.max_minutes={train.max_minutes:g} (--set train.max_minutes=null lifts "
+              "the cap)", file=sys.stderr)
 
 
 def resume_run(run_dir: RunDir) -> TrainedRun:
