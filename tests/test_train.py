@@ -51,15 +51,20 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, interrupt_after_epoch):
     assert json.loads((whole / "metrics.json").read_text()) == json.loads((interrupted / "metrics.json").read_text())
 
 
-def test_time_budget_trains_as_if_its_epochs_were_given(tmp_path, monkeypatch):
+def two_epochs_and_a_clock_of_one_second_steps(tmp_path, monkeypatch):
+    """A 2-epoch run to compare with, and its epoch's length in minutes once every measured step takes a second."""
     given = tmp_path / "epochs"
     clusterclr.train(tiny_config(2), out=given)
     steps_per_epoch = max(step for step, _ in step_losses(given)) // 2
-
-    clock = iter(range(10**6))  # one second per reading: every measured step takes a second
+    clock = iter(range(10**6))  # one second per reading
     monkeypatch.setattr("clusterclr.training.budget.time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    return given, steps_per_epoch / 60
+
+
+def test_time_budget_trains_as_if_its_epochs_were_given(tmp_path, monkeypatch):
+    given, epoch_minutes = two_epochs_and_a_clock_of_one_second_steps(tmp_path, monkeypatch)
     budgeted = tmp_path / "minutes"
-    clusterclr.train(tiny_config(99), out=budgeted, minutes=2.5 * steps_per_epoch / 60)
+    clusterclr.train(tiny_config(99), out=budgeted, minutes=2.5 * epoch_minutes)
 
     assert RunDir(budgeted).read()[0].train.epochs == 2
     assert yaml.safe_load((budgeted / "config.yaml").read_text())["train"]["epochs"] == 2
@@ -70,13 +75,9 @@ def test_time_budget_trains_as_if_its_epochs_were_given(tmp_path, monkeypatch):
 
 
 def test_a_time_cap_cuts_the_epochs_to_what_fits_and_trains_as_if_they_were_given(tmp_path, monkeypatch, capsys):
-    given = tmp_path / "epochs"
-    clusterclr.train(tiny_config(2), out=given)
-    steps_per_epoch = max(step for step, _ in step_losses(given)) // 2
-    clock = iter(range(10**6))  # one second per reading: every measured step takes a second
-    monkeypatch.setattr("clusterclr.training.budget.time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    given, epoch_minutes = two_epochs_and_a_clock_of_one_second_steps(tmp_path, monkeypatch)
     capped = tmp_path / "capped"
-    clusterclr.train(tiny_config(99, f"train.max_minutes={2.5 * steps_per_epoch / 60}"), out=capped)
+    clusterclr.train(tiny_config(99, f"train.max_minutes={2.5 * epoch_minutes}"), out=capped)
     assert RunDir(capped).read()[0].train.epochs == 2
     assert "99 epochs would take about" in capsys.readouterr().err
     assert step_losses(capped) == step_losses(given)
