@@ -1,13 +1,15 @@
-"""A training budget in minutes instead of epochs: the step time measured on this machine, turned into epochs."""
+"""A training budget in minutes, instead of epochs or as a cap on them: the step time measured on this machine, turned into epochs."""
 
 from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 
 import torch
 
+from clusterclr import distributed
 from clusterclr.errors import UserError
 from clusterclr.training.loop import Trainer
 
@@ -52,3 +54,31 @@ def epochs_within(trainer: Trainer, minutes: float) -> tuple[int, float]:
         torch.set_rng_state(rng)
     per_epoch = sorted(seconds[1:])[len(seconds[1:]) // 2] * trainer.steps_per_epoch
     return max(1, math.floor(minutes * 60 / per_epoch)), per_epoch
+
+
+def fit_to_time(trainer: Trainer, minutes: float | None) -> None:
+    """Set the epochs of a run about to start from a time budget, measured here (:func:`epochs_within`).
+
+    ``minutes`` replaces ``train.epochs`` and ``train.max_minutes``; without
+    it ``train.max_minutes`` cuts ``train.epochs`` to what fits in that time.
+    Either way the config records the epochs it became.
+    """
+    train = trainer.config.train
+    if minutes is not None:
+        train.max_minutes = None
+        budget = minutes
+    elif train.max_minutes is not None and train.epochs > 0:
+        budget = train.max_minutes
+    else:
+        return
+    measured = epochs_within(trainer, budget)  # on every rank: the steps of a distributed run go together
+    fitting, per_epoch = distributed.on_main_then_broadcast(lambda: measured)
+    planned = train.epochs
+    epochs = fitting if minutes is not None else min(fitting, planned)
+    trainer.set_epochs(epochs)
+    if distributed.is_main() and minutes is not None:
+        print(f"{minutes:g} minutes of training: about {per_epoch:.1f} s per epoch here, so {epochs} epochs", file=sys.stderr)
+    elif distributed.is_main() and epochs < planned:
+        print(f"{planned} epochs would take about {planned * per_epoch / 60:.0f} minutes here ({per_epoch:.1f} s per epoch): "
+              f"training {epochs}, what fits in train.max_minutes={budget:g} (--set train.max_minutes=null lifts the cap)",
+              file=sys.stderr)

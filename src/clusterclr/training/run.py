@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from clusterclr.evaluate.results import update_metrics
 from clusterclr.evaluate.standard import evaluate_parts
 from clusterclr.rundir import RunDir
 from clusterclr.runlog import RunLog, SilentLog
-from clusterclr.training.budget import check_budget, epochs_within
+from clusterclr.training.budget import check_budget, fit_to_time
 from clusterclr.training.loop import Trainer
 from clusterclr.weights import with_weights
 
@@ -66,31 +65,6 @@ def start_run(config: Config, run_dir: RunDir, init: RunDir | None = None, minut
         run_dir.write_skipped_files(parts.splits.skipped)
     trainer.save()  # epoch 0: evaluate and embed work even on a run stopped in its first epoch
     return _train(trainer)
-
-
-def fit_to_time(trainer: Trainer, minutes: float | None) -> None:
-    """Set the epochs of a run about to start from a time budget, measured here (``epochs_within``).
-
-    ``minutes`` replaces ``train.epochs`` and ``train.max_minutes``; without
-    it ``train.max_minutes`` cuts ``train.epochs`` to what fits in that time.
-    Either way the config records the epochs it became.
-    """
-    train = trainer.config.train
-    if minutes is not None:
-        train.max_minutes = None
-    elif train.max_minutes is None or train.epochs == 0:
-        return
-    measured = epochs_within(trainer, minutes or train.max_minutes)  # on every rank: the steps of a distributed run go together
-    fitting, per_epoch = distributed.on_main_then_broadcast(lambda: measured)
-    planned = train.epochs
-    epochs = fitting if minutes is not None else min(fitting, planned)
-    trainer.set_epochs(epochs)
-    if distributed.is_main() and minutes is not None:
-        print(f"{minutes:g} minutes of training: about {per_epoch:.1f} s per epoch here, so {epochs} epochs", file=sys.stderr)
-    elif distributed.is_main() and epochs < planned:
-        print(f"{planned} epochs would take about {planned * per_epoch / 60:.0f} minutes here ({per_epoch:.1f} s per epoch): "
-              f"training {epochs}, what fits in train.max_minutes={train.max_minutes:g} (--set train.max_minutes=null lifts "
-              "the cap)", file=sys.stderr)
 
 
 def resume_run(run_dir: RunDir) -> TrainedRun:
