@@ -7,18 +7,13 @@ downloaded.
 """
 
 import argparse
-import os
-import pickle
 import re
-import zipfile
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
-from weight_files import CLIP, dinov2_checkpoint, torchvision_resnet
+from weight_files import CLIP, dinov2_checkpoint, hf_clip, hf_dinov2, hf_resnet, randomize, torchvision_layout, torchvision_resnet
 
-from clusterclr.errors import UserError
 from clusterclr.models.pretrained import CLIP_MEAN, IMAGENET_MEAN, load_pretrained
 
 ATOL = 1e-5
@@ -31,46 +26,11 @@ def seeded():
     torch.manual_seed(0)
 
 
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights everywhere (norm gains near 1, positive variances), so a misplaced tensor shows."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if not tensor.is_floating_point():
-                continue
-            noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32).to(tensor.dtype)
-            if name.endswith("running_var"):
-                tensor.copy_(noise.abs() + 0.5)
-            elif tensor.ndim == 1 and name.endswith(("weight", "gamma", "lambda1")):
-                tensor.copy_(1 + 0.1 * noise)
-            else:
-                tensor.copy_(0.1 * noise)
-    return model.eval()
-
-
-def user_error(call, *args, **kwargs) -> str:
-    with pytest.raises(UserError) as caught:
-        call(*args, **kwargs)
-    message = str(caught.value)
-    assert "\n" not in message
-    return message
-
-
 def assert_features(ours: torch.Tensor, reference: torch.Tensor) -> None:
     torch.testing.assert_close(ours, reference, rtol=0, atol=ATOL)
 
 
 # ---------------------------------------------------------------- transformers' DINOv2
-
-
-def hf_dinov2(registers: int = 0, hidden: int = 128, heads: int = 2):
-    transformers = pytest.importorskip("transformers")
-    options = {"hidden_size": hidden, "num_hidden_layers": 2, "num_attention_heads": heads, "mlp_ratio": 2}
-    options |= {"image_size": 28, "patch_size": 7}
-    if registers:
-        config = transformers.Dinov2WithRegistersConfig(num_register_tokens=registers, **options)
-        return randomize(transformers.Dinov2WithRegistersModel(config))
-    return randomize(transformers.Dinov2Model(transformers.Dinov2Config(**options)))
 
 
 def test_hf_dinov2_matches_transformers_at_any_size(tmp_path):
@@ -217,16 +177,6 @@ def test_official_dinov2_vit_s14_with_registers_loads_strictly(tmp_path):
 # ---------------------------------------------------------------- CLIP
 
 
-def hf_clip(activation: str, projection: bool = True):
-    transformers = pytest.importorskip("transformers")
-    config = transformers.CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=28,
-        patch_size=7, projection_dim=16, hidden_act=activation,
-    )
-    model = transformers.CLIPVisionModelWithProjection if projection else transformers.CLIPVisionModel
-    return randomize(model(config))
-
-
 @pytest.mark.parametrize("projection", [True, False])
 def test_hf_clip_matches_transformers_at_any_size(tmp_path, projection):
     reference = hf_clip("quick_gelu", projection)
@@ -303,35 +253,6 @@ def test_openai_torchscript_archive_loads_without_running_it(tmp_path, monkeypat
 # ---------------------------------------------------------------- ResNets
 
 
-def hf_resnet(bottleneck: bool):
-    transformers = pytest.importorskip("transformers")
-    if bottleneck:  # ResNet-50 at an eighth of its width
-        config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[32, 64, 128, 256], depths=[3, 4, 6, 3])
-    else:  # ResNet-18 at an eighth of its width
-        config = transformers.ResNetConfig(
-            embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[2, 2, 2, 2], layer_type="basic"
-        )
-    return randomize(transformers.ResNetModel(config))
-
-
-def torchvision_layout(hf_state: dict) -> dict:
-    """transformers' ResNet tensors under torchvision's names, with a classifier."""
-    state = {}
-    for key, value in hf_state.items():
-        key = key.replace("embedder.embedder.convolution", "conv1").replace("embedder.embedder.normalization", "bn1")
-        block = re.match(r"encoder\.stages\.(\d)\.layers\.(\d+)\.(.+)", key)
-        if block:
-            stage, index, rest = block.groups()
-            rest = re.sub(r"layer\.(\d)\.convolution", lambda m: f"conv{int(m.group(1)) + 1}", rest)
-            rest = re.sub(r"layer\.(\d)\.normalization", lambda m: f"bn{int(m.group(1)) + 1}", rest)
-            rest = rest.replace("shortcut.convolution", "downsample.0")
-            rest = rest.replace("shortcut.normalization", "downsample.1")
-            key = f"layer{int(stage) + 1}.{index}.{rest}"
-        state[key] = value
-    features = state["layer4.0.bn1.weight"].shape[0] * (4 if "layer1.0.conv3.weight" in state else 1)
-    return state | {"fc.weight": torch.zeros(10, features), "fc.bias": torch.zeros(10)}
-
-
 @pytest.mark.parametrize("bottleneck, name", [(True, "resnet50"), (False, "resnet18")])
 def test_resnets_match_transformers_in_both_layouts(tmp_path, bottleneck, name):
     reference = hf_resnet(bottleneck)
@@ -393,92 +314,3 @@ def test_training_wrappers_come_off(tmp_path, wrap, steps):
     loaded = load_pretrained(tmp_path / "checkpoint.pth")
     assert loaded.unwrapped == steps
     assert torch.equal(loaded.backbone.state_dict()["stages.3.1.conv2.weight"], state["layer4.1.conv2.weight"])
-
-
-# ---------------------------------------------------------------- files that do not load
-
-
-@pytest.fixture
-def resnet18_file(tmp_path):
-    path = tmp_path / "resnet18.pth"
-    torch.save(torchvision_layout(hf_resnet(bottleneck=False).state_dict()), path)
-    return path
-
-
-@scripting
-def test_truncated_files_are_refused(tmp_path, resnet18_file):
-    hf_dinov2().save_pretrained(tmp_path / "hf")
-    model = CLIP()
-    torch.jit.script(model).save(tmp_path / "clip.pt")
-    for path in [resnet18_file, tmp_path / "hf" / "model.safetensors", tmp_path / "clip.pt"]:
-        data = path.read_bytes()
-        path.write_bytes(data[: len(data) // 2])
-        assert "cannot load" in user_error(load_pretrained, path)
-    (tmp_path / "empty.pth").write_bytes(b"")
-    assert "cannot load" in user_error(load_pretrained, tmp_path / "empty.pth")
-
-
-class RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-def test_a_pickle_that_runs_code_is_refused_unrun(tmp_path):
-    marker = tmp_path / "ran"
-    torch.save({"conv1.weight": torch.zeros(1), "payload": RunsCode(marker)}, tmp_path / "evil.pth")
-    message = user_error(load_pretrained, tmp_path / "evil.pth")
-    assert "refused" in message and "nothing in it was run" in message
-    # The same payload as the module tree of a TorchScript archive, which OpenAI's CLIP files are.
-    with zipfile.ZipFile(tmp_path / "evil.pt", "w") as archive:
-        archive.writestr("evil/data.pkl", pickle.dumps(RunsCode(marker), protocol=2))
-        archive.writestr("evil/constants.pkl", pickle.dumps((), protocol=2))
-        archive.writestr("evil/version", "3\n")
-    message = user_error(load_pretrained, tmp_path / "evil.pt")
-    assert "system" in message and "nothing in it was run" in message
-    assert not marker.exists()
-
-
-def test_unknown_layout_lists_its_tensors(tmp_path):
-    save_file({"encoder.conv.weight": torch.zeros(2), "decoder.fc.bias": torch.zeros(2)}, tmp_path / "vae.safetensors")
-    message = user_error(load_pretrained, tmp_path / "vae.safetensors")
-    assert "encoder.conv.weight" in message and "decoder.fc.bias" in message and "torchvision-resnet" in message
-
-
-def test_wrong_family_or_architecture_asked_for(resnet18_file):
-    assert "not in the hf-clip layout: it looks like torchvision-resnet" in user_error(
-        load_pretrained, resnet18_file, "hf-clip"
-    )
-    message = user_error(load_pretrained, resnet18_file, backbone="resnet50")
-    assert "holds a resnet18, not the resnet50 asked for" in message
-    assert "apply to ViTs" in user_error(load_pretrained, resnet18_file, pooling="cls+mean")
-    assert "unknown weights family" in user_error(load_pretrained, resnet18_file, "keras")
-    assert "no weights file" in user_error(load_pretrained, resnet18_file.with_name("absent.pth"))
-
-
-def test_a_file_that_does_not_fit_names_the_tensor(tmp_path):
-    base = torchvision_layout(hf_resnet(bottleneck=False).state_dict())
-    cases = [
-        (
-            {"layer3.0.conv1.weight": torch.zeros(32, 8, 3, 3)},
-            None,
-            "layer3.0.conv1.weight is (32, 8, 3, 3) in the file, (32, 16, 3, 3) needed",
-        ),
-        ({}, "layer2.1.bn1.running_mean", "it has no layer2.1.bn1.running_mean"),
-        ({"layer1.0.se.fc.weight": torch.zeros(2)}, None, "no place for: layer1.0.se.fc.weight"),
-        ({"layer3.6.conv1.weight": torch.zeros(1)}, None, "ResNet of 2-2-7-2 basic blocks"),
-    ]
-    for changed, removed, expected in cases:
-        state = base | changed
-        state.pop(removed, None)
-        torch.save(state, tmp_path / "edited.pth")
-        assert expected in user_error(load_pretrained, tmp_path / "edited.pth")
-
-
-def test_a_vit_width_without_standard_heads_needs_them(tmp_path):
-    hf_clip("quick_gelu").save_pretrained(tmp_path)
-    assert "give the head count" in user_error(load_pretrained, tmp_path / "model.safetensors")
-    message = user_error(load_pretrained, tmp_path / "model.safetensors", heads=4, activation="relu")
-    assert "unknown activation" in message

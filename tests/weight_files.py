@@ -7,11 +7,16 @@
   (``cls_token``, ``pos_embed``, ``mask_token``, ``patch_embed.proj``,
   ``blocks.N.*`` with LayerScale, ``norm``, optionally ``register_tokens``);
 - ``CLIP``: OpenAI CLIP's model (clip/model.py), tiny; scripted and saved it is
-  the TorchScript archive OpenAI publishes (``ViT-B-16.pt``).
+  the TorchScript archive OpenAI publishes (``ViT-B-16.pt``);
+- ``hf_dinov2``, ``hf_clip``, ``hf_resnet``: transformers' models, tiny and
+  ``randomize``d, the references the loaded backbones are checked against;
+  ``torchvision_layout`` renames a transformers ResNet's tensors to torchvision's.
 """
 
+import re
 from collections import OrderedDict
 
+import pytest
 import torch
 from torch import nn
 
@@ -137,3 +142,72 @@ class CLIP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.visual(x) * self.logit_scale
+
+
+# ---------------------------------------------------------------- transformers' reference models
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights everywhere (norm gains near 1, positive variances), so a misplaced tensor shows."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point():
+                continue
+            noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32).to(tensor.dtype)
+            if name.endswith("running_var"):
+                tensor.copy_(noise.abs() + 0.5)
+            elif tensor.ndim == 1 and name.endswith(("weight", "gamma", "lambda1")):
+                tensor.copy_(1 + 0.1 * noise)
+            else:
+                tensor.copy_(0.1 * noise)
+    return model.eval()
+
+
+def hf_dinov2(registers: int = 0, hidden: int = 128, heads: int = 2):
+    transformers = pytest.importorskip("transformers")
+    options = {"hidden_size": hidden, "num_hidden_layers": 2, "num_attention_heads": heads, "mlp_ratio": 2}
+    options |= {"image_size": 28, "patch_size": 7}
+    if registers:
+        config = transformers.Dinov2WithRegistersConfig(num_register_tokens=registers, **options)
+        return randomize(transformers.Dinov2WithRegistersModel(config))
+    return randomize(transformers.Dinov2Model(transformers.Dinov2Config(**options)))
+
+
+def hf_clip(activation: str, projection: bool = True):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=28,
+        patch_size=7, projection_dim=16, hidden_act=activation,
+    )
+    model = transformers.CLIPVisionModelWithProjection if projection else transformers.CLIPVisionModel
+    return randomize(model(config))
+
+
+def hf_resnet(bottleneck: bool):
+    transformers = pytest.importorskip("transformers")
+    if bottleneck:  # ResNet-50 at an eighth of its width
+        config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[32, 64, 128, 256], depths=[3, 4, 6, 3])
+    else:  # ResNet-18 at an eighth of its width
+        config = transformers.ResNetConfig(
+            embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[2, 2, 2, 2], layer_type="basic"
+        )
+    return randomize(transformers.ResNetModel(config))
+
+
+def torchvision_layout(hf_state: dict) -> dict:
+    """transformers' ResNet tensors under torchvision's names, with a classifier."""
+    state = {}
+    for key, value in hf_state.items():
+        key = key.replace("embedder.embedder.convolution", "conv1").replace("embedder.embedder.normalization", "bn1")
+        block = re.match(r"encoder\.stages\.(\d)\.layers\.(\d+)\.(.+)", key)
+        if block:
+            stage, index, rest = block.groups()
+            rest = re.sub(r"layer\.(\d)\.convolution", lambda m: f"conv{int(m.group(1)) + 1}", rest)
+            rest = re.sub(r"layer\.(\d)\.normalization", lambda m: f"bn{int(m.group(1)) + 1}", rest)
+            rest = rest.replace("shortcut.convolution", "downsample.0")
+            rest = rest.replace("shortcut.normalization", "downsample.1")
+            key = f"layer{int(stage) + 1}.{index}.{rest}"
+        state[key] = value
+    features = state["layer4.0.bn1.weight"].shape[0] * (4 if "layer1.0.conv3.weight" in state else 1)
+    return state | {"fc.weight": torch.zeros(10, features), "fc.bias": torch.zeros(10)}
