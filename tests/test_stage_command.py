@@ -11,12 +11,15 @@ import torch
 from PIL import Image
 
 import clusterclr
-from clusterclr.build import build_parts
+from clusterclr.build import build_parts, load_parts
 from clusterclr.cli import main
 from clusterclr.commands import stage as stage_command
+from clusterclr.data.base import ImageDataset
 from clusterclr.errors import Interrupted, UserError
+from clusterclr.evaluate.features import embed, view_averaged_features
 from clusterclr.optim import optimizer_groups
 from clusterclr.rundir import RunDir
+from clusterclr.stage.graph import neighbour_graph
 from clusterclr.stage.store import read_stage
 
 TINY = {
@@ -77,8 +80,9 @@ class _StopAfterSevenSteps:
         yield
 
 
-def test_an_interrupted_stage_resumes_exactly(trained, monkeypatch):
-    settings = {**FAST_STAGE, "epochs": 4}
+@pytest.mark.parametrize("mining_views", [0, 1])
+def test_an_interrupted_stage_resumes_exactly(trained, monkeypatch, mining_views):
+    settings = {**FAST_STAGE, "epochs": 4, "mining_views": mining_views}
     clusterclr.Run(trained.directory).fit_stage(3, settings, progress=False)
     expected = read_stage(trained.directory.cluster_stage)["head"]["state"]
     with monkeypatch.context() as patched:
@@ -91,6 +95,36 @@ def test_an_interrupted_stage_resumes_exactly(trained, monkeypatch):
     resumed = read_stage(trained.directory.cluster_stage)["head"]["state"]
     for key, value in expected.items():
         assert torch.equal(resumed[key], value), key
+
+
+def test_view_averaged_features_average_the_clean_view_and_seeded_training_views(trained):
+    parts, _ = load_parts(trained.directory)
+    images = ImageDataset(parts.splits.train.images[:300])
+    clean = embed(parts, images).features
+    torch.testing.assert_close(view_averaged_features(parts, images, 0, seed=0), clean)
+    state = torch.get_rng_state()
+    averaged = view_averaged_features(parts, images, 2, seed=5)
+    assert torch.equal(torch.get_rng_state(), state), "the global random state is left as it was"
+    assert torch.equal(view_averaged_features(parts, images, 2, seed=5), averaged)
+    assert not torch.allclose(view_averaged_features(parts, images, 2, seed=6), averaged)
+    # By hand: the same views, drawn from the seed batch by batch, averaged with the clean one.
+    torch.manual_seed(5)
+    expected = []
+    with torch.no_grad():
+        parts.method.eval()
+        for rows in torch.arange(len(images)).split(parts.config.eval.batch_size):
+            views = [parts.views.clean(images.images[rows]), *parts.views(images.images[rows], 2)]
+            expected.append(torch.stack([parts.method.embed(v) for v in views]).mean(0))
+    torch.testing.assert_close(averaged, torch.cat(expected), rtol=1e-5, atol=1e-5)
+
+
+def test_neighbours_are_mined_on_view_averaged_features(trained):
+    metrics = clusterclr.Run(trained.directory).fit_stage(4, {**FAST_STAGE, "mining_views": 1}, progress=False)
+    parts, _ = load_parts(trained.directory)
+    labels = parts.splits.train.labels
+    graph = neighbour_graph(view_averaged_features(parts, parts.splits.train, 1, parts.config.seed), 20)
+    assert metrics["stage"]["neighbour_precision"] == pytest.approx(float((labels[graph.indices] == labels[:, None]).double().mean()))
+    assert read_stage(trained.directory.cluster_stage)["settings"]["mining_views"] == 1
 
 
 def test_end_to_end_fine_tunes_a_new_run_with_a_head(trained, tmp_path):

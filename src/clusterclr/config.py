@@ -315,7 +315,9 @@ class StageConfig(_Section):
 
     ``clusters``: K' outputs per head; None is K (``clusters``), more is over-clustering. ``heads`` are
     trained at once and the lowest-loss one kept; ``hidden_dim`` None for linear heads, else a two-layer
-    MLP per head. ``neighbours`` k mined per image (None: the loss's paper, 20 for SCAN, 50 for TEMI).
+    MLP per head. ``neighbours`` k mined per image (None: the loss's paper, 20 for SCAN, 50 for TEMI),
+    on features averaged over the clean view and ``mining_views`` augmented ones (0: the clean view's
+    alone); the heads always read the clean view's features, as ``assign`` gives them.
     ``lr``, ``weight_decay``: AdamW at a constant rate. SCAN: ``entropy_weight`` λ. TEMI: ``beta``,
     ``student_temperature``, ``teacher_temperature``, ``teacher_momentum`` (the teacher heads' EMA),
     ``marginal_momentum``. Self-labelling: ``self_label_epochs`` (0: none) on images whose confidence
@@ -334,6 +336,7 @@ class StageConfig(_Section):
     heads: PositiveInt = 10
     hidden_dim: PositiveInt | None = None
     neighbours: PositiveInt | None = None
+    mining_views: NonNegativeInt = 0
     epochs: NonNegativeInt = 100
     batch_size: PositiveInt = 256
     lr: PositiveFloat = 1e-2

@@ -254,8 +254,9 @@ def _cluster_stage(trained: TrainedRun, request: ClusterRequest, ctx: EvalContex
         trained.parts.cluster_stage = stage.head.to(trained.parts.device)
     else:
         stage = fit_stage(
-            trained.parts, run_dir, trained.epoch, embeddings.features, config.stage, config.stage.clusters or ctx.clusters,
-            ctx.choice, config.train.progress, resume=record is not None and record["head"] is None, labels=ctx.bank.labels,
+            trained.parts, run_dir, trained.epoch, ctx.bank, embeddings.features, config.stage,
+            config.stage.clusters or ctx.clusters, ctx.choice, config.train.progress,
+            resume=record is not None and record["head"] is None,
         )
     ctx.set_embeddings("bank", with_stage_probabilities(embeddings, stage.head))
     return stage

@@ -21,13 +21,15 @@ from pydantic import ValidationError
 from clusterclr.build import Model, load_parts
 from clusterclr.config import StageConfig
 from clusterclr.configure import format_validation_error, validate
+from clusterclr.data.base import ImageDataset
 from clusterclr.errors import Interrupted, UserError
 from clusterclr.evaluate.context import EvalContext
-from clusterclr.evaluate.features import Embeddings
+from clusterclr.evaluate.features import Embeddings, view_averaged_features
 from clusterclr.evaluate.results import update_metrics
 from clusterclr.layering import parse_override
 from clusterclr.rundir import RunDir
 from clusterclr.stage.choose_k import KChoice
+from clusterclr.stage.graph import neighbour_graph
 from clusterclr.stage.head import StageHead
 from clusterclr.stage.store import read_stage, write_stage
 from clusterclr.stage.trainer import ClusterStage
@@ -58,26 +60,29 @@ class StageResult:
 
 
 def fit_stage(
-    model: Model, run_dir: RunDir, epoch: int, features: torch.Tensor, settings: StageConfig,
+    model: Model, run_dir: RunDir, epoch: int, images: ImageDataset, features: torch.Tensor, settings: StageConfig,
     clusters: int, choice: KChoice | None = None, progress: bool = True, resume: bool = False,
-    labels: torch.Tensor | None = None,
 ) -> StageResult:
-    """Fit the stage on ``features`` of the run's training images, save it in the run, attach it to ``model``.
+    """Fit the stage on ``features`` of the run's training ``images``, save it in the run, attach it to ``model``.
 
     ``resume``: continue the unfinished stage saved in the run (same settings and features) where it stopped.
-    ``labels`` (diagnostics only, never the loss): the images' classes, to score the mined neighbours.
+    The images' labels, where they have them, only score the mined neighbours (never the loss).
     """
     if settings.neighbours >= len(features):
         warnings.warn(f"only {len(features)} images: the clustering stage mines {len(features) - 1} neighbours per image, "
                       f"not {settings.neighbours}", stacklevel=2)
         settings = settings.model_copy(update={"neighbours": len(features) - 1})
-    stage = ClusterStage(features, settings, clusters, seed=model.config.seed)
+    graph = None
+    if settings.mining_views:
+        averaged = view_averaged_features(model, images, settings.mining_views, model.config.seed)
+        graph = neighbour_graph(averaged, settings.neighbours)
+    stage = ClusterStage(features, settings, clusters, seed=model.config.seed, graph=graph)
     if resume:
         stage.load_state_dict(unfinished_stage(run_dir)["progress"])
     precision = None
-    if labels is not None:
+    if images.labels is not None:
         neighbours = stage.graph.indices.cpu()
-        precision = float((labels[neighbours] == labels[:, None]).double().mean())
+        precision = float((images.labels[neighbours] == images.labels[:, None]).double().mean())
     base = {
         "settings": settings.model_dump(mode="json"), "clusters": clusters, "seed": model.config.seed, "epoch": epoch,
         "neighbour_precision": precision,
@@ -130,8 +135,8 @@ def stage_run(
     train = parts.splits.train
     ctx = EvalContext(parts, parts.splits.name, train, train, "train", clusters, progress=False)
     choice = ctx.choice if not resume or record["choice"] is None else KChoice(**record["choice"])
-    result = fit_stage(parts, run_dir, epoch, ctx.embeddings("bank").features, settings, ctx.clusters, choice, progress, resume,
-                       ctx.bank.labels)
+    result = fit_stage(parts, run_dir, epoch, train, ctx.embeddings("bank").features, settings, ctx.clusters, choice, progress,
+                       resume)
     metrics = finish(parts, run_dir, epoch)
     metrics["stage"] = result.summary()
     update_metrics(run_dir.metrics, {"stage": metrics["stage"]})
