@@ -76,10 +76,9 @@ def view_averaged_features(model: Model, dataset: ImageDataset, views: int, seed
 
     The average keeps what the training made the features invariant to and smooths what one view happens
     to show; the clustering stage's neighbours mined on it helped on the CIFAR-10 subset (BENCHMARKS.md,
-    ``stage.mining_views``). The views are drawn from ``seed``
-    with the global random state left as it was, so the same call gives the same features (a resumed
-    stage mines the same neighbours). Unreadable files of a streamed set hold their stand-ins' features,
-    as in :func:`embed`.
+    ``stage.mining_views``). The views are drawn from ``seed`` with the global random state left as it
+    was, so the same call gives the same features (a resumed stage mines the same neighbours).
+    Unreadable files of a streamed set hold their stand-ins' features, as in :func:`embed`.
     """
     cfg = model.config
     chunks = torch.arange(len(dataset)).split(cfg.eval.batch_size)
