@@ -40,6 +40,22 @@ def test_clean_view_is_exactly_the_normalised_image():
     assert torch.allclose(clean, (images.float() / 255 - 0.5) / 0.25)
 
 
+def test_a_channels_last_maker_gives_every_view_in_that_layout_with_the_same_values():
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    plain = make(32, 3)
+    last = ViewMaker(plain.recipe, (32, 32), 3, (0.5,) * 3, (0.25,) * 3, channels_last=True)
+    views = {}
+    for name, maker in (("plain", plain), ("last", last)):
+        torch.manual_seed(2)
+        views[name] = [maker.clean(images), *maker(images, num_views=2), maker.finish(images)]
+    for a, b in zip(views["plain"], views["last"]):
+        assert a.is_contiguous() and b.is_contiguous(memory_format=torch.channels_last)
+        assert not b.is_contiguous()
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    (batch, _), = last.clean_batches(images, 8, torch.device("cpu"))
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_presets_follow_resolution_and_overrides_apply():
     assert recipe_for(AugmentConfig(), 8) == recipe_for(AugmentConfig(preset="small"), 8)
     assert recipe_for(AugmentConfig(), 32).blur_prob == 0

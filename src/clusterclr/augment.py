@@ -59,7 +59,10 @@ def recipe_for(augment: AugmentConfig, image_size: int) -> AugmentConfig:
 
 
 class ViewMaker(nn.Module):
-    """Turns a uint8 batch into augmented views, or into the clean view."""
+    """Turns a uint8 batch into augmented views, or into the clean view.
+
+    Every view comes in the memory layout the model was put in (``channels_last``), so no caller converts it.
+    """
 
     def __init__(
         self,
@@ -68,9 +71,11 @@ class ViewMaker(nn.Module):
         channels: int,
         mean: tuple[float, ...],
         std: tuple[float, ...],
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.recipe = recipe
+        self.layout = torch.channels_last if channels_last else torch.contiguous_format
         # The crop is kept apart from the rest: a streamed data set crops while decoding (``data/crops.py``)
         # and makes only the rest here (``finish``). Applied one after the other, the parameters drawn are
         # the same as one Sequential's.
@@ -111,7 +116,7 @@ class ViewMaker(nn.Module):
         return images.float().div_(255.0)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        return ((x - self.mean) / self.std).contiguous(memory_format=self.layout)
 
     @torch.no_grad()
     def clean(self, images: torch.Tensor) -> torch.Tensor:
@@ -119,14 +124,13 @@ class ViewMaker(nn.Module):
         return self._normalise(self._to_unit(images))
 
     def clean_batches(
-        self, images: torch.Tensor | StreamedImages, batch_size: int, device: torch.device, channels_last: bool = False
+        self, images: torch.Tensor | StreamedImages, batch_size: int, device: torch.device
     ) -> Iterator[tuple[torch.Tensor, list[BadFile]]]:
         """Clean views of host-side uint8 ``images`` (in memory, or streamed: see ``data.loading.image_batches``),
         ``batch_size`` at a time, on ``device``, each with the unreadable files replaced in it."""
         chunks = torch.arange(len(images)).split(batch_size)
         for pixels, bad in image_batches(images, chunks, pin=device.type == "cuda"):
-            x = self.clean(pixels.to(device, non_blocking=True))
-            yield (x.contiguous(memory_format=torch.channels_last) if channels_last else x), bad
+            yield self.clean(pixels.to(device, non_blocking=True)), bad
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, num_views: int = 2) -> list[torch.Tensor]:

@@ -125,6 +125,7 @@ def build_model(
         data.channels,
         tuple(normalisation["mean"]),
         tuple(normalisation["std"]),
+        config.train.channels_last,
     ).to(device)
     backbone = _build_backbone(backbone_spec(config.model, data.channels, data.image_size), data.channels)
     if backbone_weights is not None:

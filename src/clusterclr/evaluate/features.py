@@ -57,7 +57,7 @@ def embed(model: Model, dataset: ImageDataset) -> Embeddings:
     cfg = model.config
     features, probabilities, skipped = [], [], []
     with _evaluating(model, len(dataset)) as (autocast, bar):
-        for x, bad in model.views.clean_batches(dataset.images, cfg.eval.batch_size, model.device, cfg.train.channels_last):
+        for x, bad in model.views.clean_batches(dataset.images, cfg.eval.batch_size, model.device):
             skipped += [b.row for b in bad]
             with autocast:
                 h = model.method.embed(x)
@@ -90,8 +90,6 @@ def view_averaged_features(model: Model, dataset: ImageDataset, views: int, seed
             pixels = pixels.to(model.device, non_blocking=True)
             total = None
             for x in [model.views.clean(pixels), *model.views(pixels, views)]:
-                if cfg.train.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
                 with autocast:
                     h = model.method.embed(x).float()
                 total = h if total is None else total + h

@@ -75,7 +75,7 @@ def _train(
     plain_crops = AugmentConfig(preset="cifar", crop_scale=CROP_SCALE, flip_prob=flips, jitter_prob=0.0, grayscale_prob=0.0)
     recipe = recipe_for(plain_crops, min(height, width))
     augment = ViewMaker(recipe, (height, width), labelled.channels, tuple(model.normalisation["mean"]),
-                        tuple(model.normalisation["std"])).to(model.device)
+                        tuple(model.normalisation["std"]), model.config.train.channels_last).to(model.device)
     batch_size = min(options.batch_size, len(labelled))
     steps_per_epoch = math.ceil(len(labelled) / batch_size)
     total = options.epochs * steps_per_epoch

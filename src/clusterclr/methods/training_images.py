@@ -30,7 +30,6 @@ class TrainingImages:
     device: torch.device
     batch_size: int
     autocast_dtype: torch.dtype | None = None
-    channels_last: bool = False
     seed: int = 0  # the run's seed, for the hooks' own randomness (k-means restarts)
 
     def __len__(self) -> int:
@@ -71,7 +70,6 @@ class TrainingImages:
             with statistics:
                 for pixels, _ in image_batches(self.images, chunks, pin=pin, collective=True):
                     x = self.views.clean(pixels.to(self.device, non_blocking=True))
-                    x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
                     with autocast:
                         features.append(encoder(x).float())
             return distributed.gather_shards(torch.cat(features), len(self.images))

@@ -48,7 +48,7 @@ class HostBatch:
     clean: torch.Tensor | None = None  # uint8 N×C×S×S clean images (streamed, for methods that ask)
 
     def to_device(
-        self, views: ViewMaker, device: torch.device, num_views: int, needs_clean: bool, channels_last: bool
+        self, views: ViewMaker, device: torch.device, num_views: int, needs_clean: bool
     ) -> Batch:
         """The method's ``Batch``: ``num_views`` augmented views (and the clean view if asked) on ``device``."""
         if self.images is not None:
@@ -58,9 +58,6 @@ class HostBatch:
         else:
             made = [views.finish(crop) for crop in self.crops.to(device, non_blocking=True)]
             clean = views.clean(self.clean.to(device, non_blocking=True)) if needs_clean else None
-        if channels_last:
-            made = [v.contiguous(memory_format=torch.channels_last) for v in made]
-            clean = None if clean is None else clean.contiguous(memory_format=torch.channels_last)
         return Batch(made, self.indices.to(device), clean)
 
 

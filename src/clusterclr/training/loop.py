@@ -71,7 +71,7 @@ class Trainer:
         self.data = training_batches(parts)
         self.training_images = TrainingImages(
             train.images, train.labels, parts.views, parts.device, cfg.eval.batch_size,
-            parts.autocast_dtype, cfg.train.channels_last, cfg.seed,
+            parts.autocast_dtype, seed=cfg.seed,
         )
         self.checkpoints = Checkpoints(run_dir, parts, self.optimizer, self.scaler)
         self.stop = StopRequest()
@@ -159,7 +159,7 @@ class Trainer:
     def loss(self, host: HostBatch) -> StepOutput:
         """The method's loss on a step's host-side uint8 images: moved, augmented, stepped forward."""
         device, method = self.parts.device, self.method
-        batch = host.to_device(self.parts.views, device, method.num_views, method.needs_clean_view, self.config.train.channels_last)
+        batch = host.to_device(self.parts.views, device, method.num_views, method.needs_clean_view)
         dtype = self.parts.autocast_dtype
         with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
             return self.model(batch)
