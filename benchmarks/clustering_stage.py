@@ -67,6 +67,12 @@ def table(rows: dict[str, list[tuple[dict[str, float], float]]]) -> str:
     return "\n".join(lines)
 
 
+def latest(prefix: str, rows: dict[str, list[tuple[dict[str, float], float]]]) -> None:
+    """One seed's NMI / ACC per row, printed as it finishes, so the per-seed gains can be quoted."""
+    cells = "; ".join(f"{k}: {v[-1][0]['nmi']:.3f} / {v[-1][0]['acc']:.3f} in {v[-1][1]:.0f} s" for k, v in rows.items())
+    print(f"{prefix} (NMI / ACC): {cells}", file=sys.stderr)
+
+
 def timed(work: Callable[[], dict[str, float]]) -> tuple[dict[str, float], float]:
     start = time.perf_counter()
     scores = work()
@@ -97,7 +103,7 @@ def stage_rows(args: argparse.Namespace) -> int:
         for label, settings in STAGES.items():
             rows.setdefault(label, []).append(timed(lambda s=settings: head(run.fit_stage(settings=s, progress=False))))
         add_end_to_end(rows, run, root / f"scan-seed{seed}", args)
-        print(f"seed {seed}: " + "; ".join(f"{k}: {v[-1][0]['nmi']:.3f}" for k, v in rows.items()), file=sys.stderr)
+        latest(f"seed {seed}", rows)
     print(table(rows))
     config = build_config(args.config, None, args.overrides)
     setting = (f"{config.data.dataset}, {config.method.name} preset {Path(args.config).name} ({config.train.epochs} epochs, "
@@ -118,7 +124,7 @@ def sweep_rows(args: argparse.Namespace) -> int:
             rows.setdefault(f"stage: {label}", []).append(timed(lambda s=settings: head(run.fit_stage(settings=s, progress=False))))
         if args.e2e_epochs:
             add_end_to_end(rows, run, Path(args.runs) / f"scan-{Path(path).name}", args)
-        print(f"{path}: " + "; ".join(f"{k}: {v[-1][0]['nmi']:.3f}" for k, v in rows.items()), file=sys.stderr)
+        latest(path, rows)
     print(table(rows))
     setting = (f"the frozen stage's settings on {len(args.run_dirs)} trained runs ({', '.join(args.run_dirs)}); every other "
                "stage setting its default; scores on each run's evaluation split; wall time: the stage alone")
@@ -155,7 +161,7 @@ def command_rows(args: argparse.Namespace) -> int:
                 return scores_against_folders(found)
 
             rows.setdefault(label, []).append(timed(run))
-        print(f"seed {seed}: " + "; ".join(f"{k}: {v[-1][0]['nmi']:.3f} in {v[-1][1]:.0f} s" for k, v in rows.items()), file=sys.stderr)
+        latest(f"seed {seed}", rows)
     print(table(rows))
     setting = (f"`clusterclr cluster FOLDER --clusters 10` on the first {args.images} CIFAR-10 training images as PNGs "
                "(32 px) in class subfolders, scored against the subfolders; every other setting the command's default")

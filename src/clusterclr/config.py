@@ -329,6 +329,9 @@ class StageConfig(_Section):
     700 the teacher lagged and TEMI stalled at ACC 0.54-0.72, with 0.9 it reached 0.95; TEMI's heads end
     in a cosine layer (with plain linear heads it reached only ACC 0.70); self-labelling on frozen
     features changed nothing there (ACC 0.958 with and without), so it is off unless asked for.
+    ``mining_views`` 4: chosen on three 40-epoch SimCLR runs of the CIFAR-10 subset, then held out on three
+    125-epoch ones, where it lifted the stage on every seed (NMI 0.322 to 0.337, ACC 0.428 to 0.449; k-means
+    0.304 / 0.398); level on digits, whose neighbours are already 97% right.
     """
 
     loss: Literal["scan", "temi"] = "scan"
@@ -336,7 +339,7 @@ class StageConfig(_Section):
     heads: PositiveInt = 10
     hidden_dim: PositiveInt | None = None
     neighbours: PositiveInt | None = None
-    mining_views: NonNegativeInt = 0
+    mining_views: NonNegativeInt = 4
     epochs: NonNegativeInt = 100
     batch_size: PositiveInt = 256
     lr: PositiveFloat = 1e-2
